@@ -1,0 +1,259 @@
+//! `etcdserverpb.KV`: Range, Put, DeleteRange, Txn, Compact.
+
+use std::sync::Arc;
+
+use etcd_client::proto::{
+    PbCompactionRequest, PbCompactionResponse, PbCompare, PbCompareTarget, PbDeleteRequest, PbDeleteResponse,
+    PbKvService, PbPutRequest, PbPutResponse, PbRangeRequest, PbRangeResponse, PbRangeStreamResponse,
+    PbResponseOp, PbTargetUnion, PbTxnOpRequest, PbTxnOpResponse, PbTxnRequest, PbTxnRequestOp, PbTxnResponse,
+};
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+use super::{header, status, to_pb_kv, unimplemented};
+use crate::server::Node;
+use crate::store::check_duplicate_keys;
+use crate::store::types::{
+    Command, Compare, CompareResult, CompareTarget, DeleteArgs, KvError, Op, OpResult, PutArgs, RangeArgs,
+    RangeResult, SortOrder, SortTarget, TxnArgs,
+};
+
+pub struct KvService {
+    node: Arc<Node>,
+}
+
+impl KvService {
+    pub fn new(node: Arc<Node>) -> Self {
+        KvService { node }
+    }
+
+    fn check_size(&self, request: &impl Message) -> Result<(), Status> {
+        if request.encoded_len() as u64 > self.node.limits.max_request_bytes {
+            return Err(status(KvError::RequestTooLarge));
+        }
+        Ok(())
+    }
+
+    /// Commits a write and returns its result and revision.
+    async fn commit(&self, op: Op) -> Result<(OpResult, i64), Status> {
+        let result = self.node.write(Command::Write(op)).await.map_err(status)?;
+        let outcome = result.outcome.map_err(status)?;
+        Ok((outcome, result.revision))
+    }
+}
+
+fn range_args(r: PbRangeRequest) -> RangeArgs {
+    RangeArgs {
+        key: r.key,
+        range_end: r.range_end,
+        limit: r.limit,
+        revision: r.revision,
+        sort_order: match r.sort_order {
+            1 => SortOrder::Ascend,
+            2 => SortOrder::Descend,
+            _ => SortOrder::None,
+        },
+        sort_target: match r.sort_target {
+            1 => SortTarget::Version,
+            2 => SortTarget::Create,
+            3 => SortTarget::Mod,
+            4 => SortTarget::Value,
+            _ => SortTarget::Key,
+        },
+        keys_only: r.keys_only,
+        count_only: r.count_only,
+        min_mod_revision: r.min_mod_revision,
+        max_mod_revision: r.max_mod_revision,
+        min_create_revision: r.min_create_revision,
+        max_create_revision: r.max_create_revision,
+    }
+}
+
+fn put_args(r: PbPutRequest) -> Result<PutArgs, KvError> {
+    if r.key.is_empty() {
+        return Err(KvError::EmptyKey);
+    }
+    if r.ignore_value && !r.value.is_empty() {
+        return Err(KvError::ValueProvided);
+    }
+    if r.ignore_lease && r.lease != 0 {
+        return Err(KvError::LeaseProvided);
+    }
+    Ok(PutArgs {
+        key: r.key,
+        value: r.value,
+        lease: r.lease,
+        prev_kv: r.prev_kv,
+        ignore_value: r.ignore_value,
+        ignore_lease: r.ignore_lease,
+    })
+}
+
+fn delete_args(r: PbDeleteRequest) -> Result<DeleteArgs, KvError> {
+    if r.key.is_empty() {
+        return Err(KvError::EmptyKey);
+    }
+    Ok(DeleteArgs { key: r.key, range_end: r.range_end, prev_kv: r.prev_kv })
+}
+
+fn checked_range_args(r: PbRangeRequest) -> Result<RangeArgs, KvError> {
+    if r.key.is_empty() {
+        return Err(KvError::EmptyKey);
+    }
+    Ok(range_args(r))
+}
+
+fn compare(c: PbCompare) -> Result<Compare, KvError> {
+    if c.key.is_empty() {
+        return Err(KvError::EmptyKey);
+    }
+    let u = c.target_union;
+    let number = |want: fn(&PbTargetUnion) -> Option<i64>| u.as_ref().and_then(want).unwrap_or(0);
+    let target = match PbCompareTarget::try_from(c.target).unwrap_or(PbCompareTarget::Version) {
+        PbCompareTarget::Version => CompareTarget::Version(number(|t| match t {
+            PbTargetUnion::Version(v) => Some(*v),
+            _ => None,
+        })),
+        PbCompareTarget::Create => CompareTarget::Create(number(|t| match t {
+            PbTargetUnion::CreateRevision(v) => Some(*v),
+            _ => None,
+        })),
+        PbCompareTarget::Mod => CompareTarget::Mod(number(|t| match t {
+            PbTargetUnion::ModRevision(v) => Some(*v),
+            _ => None,
+        })),
+        PbCompareTarget::Lease => CompareTarget::Lease(number(|t| match t {
+            PbTargetUnion::Lease(v) => Some(*v),
+            _ => None,
+        })),
+        PbCompareTarget::Value => CompareTarget::Value(match &u {
+            Some(PbTargetUnion::Value(v)) => v.clone(),
+            _ => Vec::new(),
+        }),
+    };
+    let result = match c.result {
+        1 => CompareResult::Greater,
+        2 => CompareResult::Less,
+        3 => CompareResult::NotEqual,
+        _ => CompareResult::Equal,
+    };
+    Ok(Compare { result, target, key: c.key, range_end: c.range_end })
+}
+
+fn ops(list: Vec<PbTxnRequestOp>, max_ops: u64) -> Result<Vec<Op>, KvError> {
+    list.into_iter()
+        .map(|op| match op.request {
+            Some(PbTxnOpRequest::RequestRange(r)) => checked_range_args(r).map(Op::Range),
+            Some(PbTxnOpRequest::RequestPut(r)) => put_args(r).map(Op::Put),
+            Some(PbTxnOpRequest::RequestDeleteRange(r)) => delete_args(r).map(Op::Delete),
+            Some(PbTxnOpRequest::RequestTxn(t)) => txn_args(t, max_ops).map(Op::Txn),
+            None => Err(KvError::Internal("txn op without a request".into())),
+        })
+        .collect()
+}
+
+fn txn_args(t: PbTxnRequest, max_ops: u64) -> Result<TxnArgs, KvError> {
+    let too_many = |n: usize| n as u64 > max_ops;
+    if too_many(t.compare.len()) || too_many(t.success.len()) || too_many(t.failure.len()) {
+        return Err(KvError::TooManyOps);
+    }
+    let args = TxnArgs {
+        compare: t.compare.into_iter().map(compare).collect::<Result<_, _>>()?,
+        success: ops(t.success, max_ops)?,
+        failure: ops(t.failure, max_ops)?,
+    };
+    check_duplicate_keys(&args)?;
+    Ok(args)
+}
+
+fn range_response(node: &Node, r: RangeResult, revision: i64) -> PbRangeResponse {
+    PbRangeResponse {
+        header: header(node, revision),
+        kvs: r.kvs.into_iter().map(to_pb_kv).collect(),
+        more: r.more,
+        count: r.count,
+    }
+}
+
+fn txn_response(node: &Node, result: OpResult, revision: i64) -> PbTxnResponse {
+    let OpResult::Txn { succeeded, responses } = result else {
+        unreachable!("a txn yields a txn result")
+    };
+    let responses = responses
+        .into_iter()
+        .map(|r| PbResponseOp {
+            response: Some(match r {
+                OpResult::Range(r) => PbTxnOpResponse::ResponseRange(range_response(node, r, revision)),
+                OpResult::Put { prev_kv } => PbTxnOpResponse::ResponsePut(PbPutResponse {
+                    header: header(node, revision),
+                    prev_kv: prev_kv.map(to_pb_kv),
+                }),
+                OpResult::Delete { deleted, prev_kvs } => PbTxnOpResponse::ResponseDeleteRange(PbDeleteResponse {
+                    header: header(node, revision),
+                    deleted,
+                    prev_kvs: prev_kvs.into_iter().map(to_pb_kv).collect(),
+                }),
+                nested @ OpResult::Txn { .. } => PbTxnOpResponse::ResponseTxn(txn_response(node, nested, revision)),
+                OpResult::Done => unreachable!("txn ops report results"),
+            }),
+        })
+        .collect();
+    PbTxnResponse { header: header(node, revision), succeeded, responses }
+}
+
+#[tonic::async_trait]
+impl PbKvService for KvService {
+    async fn range(&self, request: Request<PbRangeRequest>) -> Result<Response<PbRangeResponse>, Status> {
+        let r = request.into_inner();
+        let serializable = r.serializable;
+        let args = checked_range_args(r).map_err(status)?;
+        let (result, revision) = self.node.range(args, serializable).await.map_err(status)?;
+        Ok(Response::new(range_response(&self.node, result, revision)))
+    }
+
+    type RangeStreamStream = futures::stream::Empty<Result<PbRangeStreamResponse, Status>>;
+
+    async fn range_stream(&self, _: Request<PbRangeRequest>) -> Result<Response<Self::RangeStreamStream>, Status> {
+        Err(unimplemented("RangeStream"))
+    }
+
+    async fn put(&self, request: Request<PbPutRequest>) -> Result<Response<PbPutResponse>, Status> {
+        self.check_size(request.get_ref())?;
+        let args = put_args(request.into_inner()).map_err(status)?;
+        let (result, revision) = self.commit(Op::Put(args)).await?;
+        let OpResult::Put { prev_kv } = result else { unreachable!("a put yields a put result") };
+        Ok(Response::new(PbPutResponse { header: header(&self.node, revision), prev_kv: prev_kv.map(to_pb_kv) }))
+    }
+
+    async fn delete_range(&self, request: Request<PbDeleteRequest>) -> Result<Response<PbDeleteResponse>, Status> {
+        let args = delete_args(request.into_inner()).map_err(status)?;
+        let (result, revision) = self.commit(Op::Delete(args)).await?;
+        let OpResult::Delete { deleted, prev_kvs } = result else { unreachable!("a delete yields a delete result") };
+        Ok(Response::new(PbDeleteResponse {
+            header: header(&self.node, revision),
+            deleted,
+            prev_kvs: prev_kvs.into_iter().map(to_pb_kv).collect(),
+        }))
+    }
+
+    async fn txn(&self, request: Request<PbTxnRequest>) -> Result<Response<PbTxnResponse>, Status> {
+        self.check_size(request.get_ref())?;
+        let args = txn_args(request.into_inner(), self.node.limits.max_txn_ops).map_err(status)?;
+        let (result, revision) = if args.is_read_only() {
+            self.node.read_txn(args, false).await.map_err(status)?
+        } else {
+            self.commit(Op::Txn(args)).await?
+        };
+        Ok(Response::new(txn_response(&self.node, result, revision)))
+    }
+
+    async fn compact(&self, request: Request<PbCompactionRequest>) -> Result<Response<PbCompactionResponse>, Status> {
+        let r = request.into_inner();
+        let result = self
+            .node
+            .write(Command::Compact { revision: r.revision, physical: r.physical })
+            .await
+            .map_err(status)?;
+        Ok(Response::new(PbCompactionResponse { header: header(&self.node, result.revision) }))
+    }
+}

@@ -1,0 +1,67 @@
+//! etcd's gRPC services; one file per service. Shared here: response headers,
+//! key-value conversion, and etcd's error codes and messages.
+
+mod cluster;
+mod kv;
+mod maintenance;
+
+pub use maintenance::ETCD_VERSION;
+
+use std::sync::Arc;
+
+use etcd_client::proto::{PbClusterServer, PbKeyValue, PbKvServer, PbMaintenanceServer, PbResponseHeader};
+use tonic::service::Routes;
+use tonic::{Code, Status};
+
+use crate::server::Node;
+use crate::store::types::{KeyValue, KvError};
+
+/// gRPC framing beyond the request itself that etcd allows on top of
+/// --max-request-bytes.
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+pub fn routes(node: Arc<Node>) -> Routes {
+    let max_recv = node.limits.max_request_bytes as usize + GRPC_OVERHEAD_BYTES;
+    Routes::new(PbKvServer::new(kv::KvService::new(node.clone())).max_decoding_message_size(max_recv).max_encoding_message_size(usize::MAX))
+        .add_service(PbMaintenanceServer::new(maintenance::MaintenanceService::new(node.clone())))
+        .add_service(PbClusterServer::new(cluster::ClusterService::new(node)))
+}
+
+pub fn header(node: &Node, revision: i64) -> Option<PbResponseHeader> {
+    let h = node.header(revision);
+    Some(PbResponseHeader { cluster_id: h.cluster_id, member_id: h.member_id, revision: h.revision, raft_term: h.raft_term })
+}
+
+pub fn to_pb_kv(kv: KeyValue) -> PbKeyValue {
+    PbKeyValue {
+        key: kv.key,
+        create_revision: kv.create_revision,
+        mod_revision: kv.mod_revision,
+        version: kv.version,
+        value: kv.value,
+        lease: kv.lease,
+    }
+}
+
+/// etcd's gRPC status for each error; clients match on code and message.
+pub fn status(e: KvError) -> Status {
+    let code = match e {
+        KvError::EmptyKey
+        | KvError::KeyNotFound
+        | KvError::ValueProvided
+        | KvError::LeaseProvided
+        | KvError::TooManyOps
+        | KvError::DuplicateKey
+        | KvError::RequestTooLarge => Code::InvalidArgument,
+        KvError::Compacted | KvError::FutureRevision => Code::OutOfRange,
+        KvError::LeaseNotFound => Code::NotFound,
+        KvError::NoSpace => Code::ResourceExhausted,
+        KvError::NoLeader | KvError::LeaderChanged | KvError::Timeout => Code::Unavailable,
+        KvError::Internal(_) => Code::Internal,
+    };
+    Status::new(code, e.to_string())
+}
+
+pub fn unimplemented(what: &str) -> Status {
+    Status::unimplemented(format!("cairn: {what} is not implemented yet"))
+}

@@ -1,0 +1,310 @@
+//! Configuration, layered with figment as etcd users expect: built-in
+//! defaults < `--config-file` (YAML, etcd's keys) < `ETCD_*` environment
+//! variables < command-line flags. Every value is checked here, and a bad one
+//! is reported naming the flag (or variable, or file key) it came from.
+
+pub mod flags;
+mod urls;
+
+use std::path::PathBuf;
+
+use figment::providers::Env;
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+
+pub use flags::Invocation;
+pub use urls::{listen_addr, parse_list as urls_parse_list, ListenUrl};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(String);
+
+impl ConfigError {
+    pub fn new(msg: impl Into<String>) -> Self {
+        ConfigError(msg.into())
+    }
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterState {
+    New,
+    Existing,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub wal_dir: Option<PathBuf>,
+    pub snapshot_count: u64,
+    pub heartbeat_interval: u64,
+    pub election_timeout: u64,
+    pub listen_peer_urls: Vec<ListenUrl>,
+    pub listen_client_urls: Vec<ListenUrl>,
+    pub advertise_client_urls: Vec<String>,
+    pub initial_advertise_peer_urls: Vec<String>,
+    pub initial_cluster: String,
+    pub initial_cluster_state: ClusterState,
+    pub initial_cluster_token: String,
+    pub quota_backend_bytes: u64,
+    pub max_request_bytes: u64,
+    pub max_txn_ops: u64,
+    pub log_level: String,
+    pub logger: String,
+    /// Notes for the log once it is set up: flags that beat an environment
+    /// variable, and environment variables that mean nothing to cairn.
+    pub notices: Vec<String>,
+}
+
+/// A named layer of settings (the config file, the flags).
+struct Layer {
+    name: String,
+    dict: Dict,
+}
+
+impl Provider for Layer {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(self.name.clone())
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Ok(Profile::Default.collect(self.dict.clone()))
+    }
+}
+
+const FLAG_LAYER: &str = "command-line flag";
+const ENV_PREFIX: &str = "ETCD_";
+
+fn env_name(key: &str) -> String {
+    format!("{ENV_PREFIX}{}", key.replace('-', "_").to_uppercase())
+}
+
+/// A value that sets nothing, so an unsupported key carrying it is harmless
+/// (etcd's sample config file lists every key with such values).
+fn is_inert(value: &str) -> bool {
+    matches!(value, "" | "false" | "0" | "null" | "~")
+}
+
+fn scalar(value: &Value) -> Option<String> {
+    match value {
+        Value::String(_, s) => Some(s.clone()),
+        Value::Char(_, c) => Some(c.to_string()),
+        Value::Bool(_, b) => Some(b.to_string()),
+        Value::Num(_, n) => Some(match n.to_u128() {
+            Some(u) => u.to_string(),
+            None => n.to_i128().map_or_else(|| n.to_f64().unwrap_or(0.0).to_string(), |i| i.to_string()),
+        }),
+        Value::Empty(..) => None,
+        Value::Array(_, items) => Some(items.iter().filter_map(scalar).collect::<Vec<_>>().join(",")),
+        Value::Dict(..) => None,
+    }
+}
+
+fn read_config_file(path: &str) -> Result<Dict, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(format!("cannot read --config-file {path}: {e}")))?;
+    let raw: Option<std::collections::BTreeMap<String, serde_yaml_ng::Value>> = serde_yaml_ng::from_str(&text)
+        .map_err(|e| ConfigError::new(format!("--config-file {path} is not valid YAML: {e}")))?;
+    let mut dict = Dict::new();
+    for (key, value) in raw.unwrap_or_default() {
+        let text = match &value {
+            serde_yaml_ng::Value::Null => continue,
+            serde_yaml_ng::Value::String(s) => s.clone(),
+            serde_yaml_ng::Value::Bool(b) => b.to_string(),
+            serde_yaml_ng::Value::Number(n) => n.to_string(),
+            serde_yaml_ng::Value::Sequence(items) => items
+                .iter()
+                .map(|i| i.as_str().map(String::from).unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join(","),
+            _ => return Err(ConfigError::new(format!("{key} in {path}: expected a scalar value"))),
+        };
+        if flags::SUPPORTED.contains(&key.as_str()) && key != "config-file" {
+            dict.insert(key, Value::from(text));
+        } else if flags::is_etcd_unsupported(&key) {
+            if !is_inert(&text) {
+                return Err(ConfigError::new(format!(
+                    "{key} in {path} is an etcd setting that cairn does not support yet"
+                )));
+            }
+        } else {
+            return Err(ConfigError::new(format!("unknown key {key} in {path}")));
+        }
+    }
+    Ok(dict)
+}
+
+/// Checks the `ETCD_*` variables figment will not read: an etcd setting
+/// cairn lacks is an error; anything else is only noted.
+fn check_environment(notices: &mut Vec<String>) -> Result<(), ConfigError> {
+    for (name, value) in std::env::vars() {
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
+        let key = rest.to_lowercase().replace('_', "-");
+        if flags::SUPPORTED.contains(&key.as_str()) {
+            continue;
+        }
+        if flags::is_etcd_unsupported(&key) && !is_inert(&value) {
+            return Err(ConfigError::new(format!("{name} sets --{key}, an etcd flag that cairn does not support yet")));
+        }
+        notices.push(format!("unrecognized environment variable {name}={value}"));
+    }
+    Ok(())
+}
+
+/// Reads the layered settings; typed values come from `Settings`.
+struct Settings {
+    figment: Figment,
+    values: Dict,
+}
+
+impl Settings {
+    fn raw(&self, key: &str) -> Option<String> {
+        self.values.get(key).and_then(scalar)
+    }
+
+    /// Where a key's value came from, for error messages.
+    fn origin(&self, key: &str) -> String {
+        match self.figment.find_metadata(key).map(|m| m.name.to_string()) {
+            Some(n) if n.contains("environment") => env_name(key),
+            Some(n) if n.starts_with("config file") => format!("{key} ({n})"),
+            _ => format!("--{key}"),
+        }
+    }
+
+    fn is_set(&self, key: &str) -> bool {
+        self.values.contains_key(key)
+    }
+
+    fn string(&self, key: &str, default: &str) -> String {
+        self.raw(key).unwrap_or_else(|| default.to_string())
+    }
+
+    fn number(&self, key: &str, default: u64) -> Result<u64, ConfigError> {
+        match self.raw(key) {
+            None => Ok(default),
+            Some(v) => v.trim().parse::<u64>().map_err(|_| {
+                ConfigError::new(format!("invalid value {v:?} for {}: expected a non-negative integer", self.origin(key)))
+            }),
+        }
+    }
+
+    fn one_of(&self, key: &str, default: &str, allowed: &[&str]) -> Result<String, ConfigError> {
+        let v = self.string(key, default);
+        if allowed.contains(&v.as_str()) {
+            Ok(v)
+        } else {
+            Err(ConfigError::new(format!("invalid value {v:?} for {}: expected one of {}", self.origin(key), allowed.join(", "))))
+        }
+    }
+
+    fn urls(&self, key: &str, default: &str) -> Result<Vec<String>, ConfigError> {
+        urls::parse_list(&self.string(key, default)).map_err(|e| ConfigError::new(format!("{}: {e}", self.origin(key))))
+    }
+
+    fn listen_urls(&self, key: &str, default: &str) -> Result<Vec<ListenUrl>, ConfigError> {
+        self.urls(key, default)?
+            .iter()
+            .map(|u| ListenUrl::parse(u).map_err(|e| ConfigError::new(format!("{}: {e}", self.origin(key)))))
+            .collect()
+    }
+}
+
+impl Config {
+    /// Builds the configuration from the command line (without the program
+    /// name) and the process environment.
+    pub fn load(flag_values: Dict) -> Result<Config, ConfigError> {
+        let mut notices = Vec::new();
+        let config_file = flag_values
+            .get("config-file")
+            .and_then(scalar)
+            .or_else(|| std::env::var(env_name("config-file")).ok())
+            .filter(|p| !p.is_empty());
+        let mut figment = Figment::new();
+        if let Some(path) = &config_file {
+            figment = figment.merge(Layer { name: format!("config file {path}"), dict: read_config_file(path)? });
+        }
+        check_environment(&mut notices)?;
+        figment = figment.merge(Env::prefixed(ENV_PREFIX).filter_map(|k| {
+            let key = k.as_str().replace('_', "-");
+            (flags::SUPPORTED.contains(&key.as_str()) && key != "config-file").then(|| key.into())
+        }));
+        for key in flag_values.keys() {
+            if std::env::var_os(env_name(key)).is_some() {
+                notices.push(format!("--{key} overrides environment variable {}", env_name(key)));
+            }
+        }
+        figment = figment.merge(Layer { name: FLAG_LAYER.into(), dict: flag_values });
+        let values: Dict = figment.extract().map_err(|e| ConfigError::new(format!("configuration: {e}")))?;
+        let s = Settings { figment, values };
+        Config::from_settings(&s, notices)
+    }
+
+    fn from_settings(s: &Settings, notices: Vec<String>) -> Result<Config, ConfigError> {
+        let name = s.string("name", "default");
+        if name.is_empty() {
+            return Err(ConfigError::new(format!("{} must not be empty", s.origin("name"))));
+        }
+        let heartbeat_interval = s.number("heartbeat-interval", 100)?;
+        let election_timeout = s.number("election-timeout", 1000)?;
+        if heartbeat_interval == 0 {
+            return Err(ConfigError::new(format!("{} must be at least 1 (ms)", s.origin("heartbeat-interval"))));
+        }
+        if election_timeout < 5 * heartbeat_interval {
+            return Err(ConfigError::new(format!(
+                "--election-timeout[{election_timeout}ms] should be at least as 5 times as --heartbeat-interval[{heartbeat_interval}ms]"
+            )));
+        }
+        if election_timeout > 50_000 {
+            return Err(ConfigError::new(format!("--election-timeout[{election_timeout}ms] is too long, and should be set less than 50 seconds")));
+        }
+        let listen_client_urls = s.listen_urls("listen-client-urls", "http://localhost:2379")?;
+        if s.is_set("listen-client-urls") && !s.is_set("advertise-client-urls") {
+            return Err(ConfigError::new("--advertise-client-urls is required when --listen-client-urls is set explicitly"));
+        }
+        let advertise_client_urls = s.urls("advertise-client-urls", "http://localhost:2379")?;
+        urls::check_advertised(&advertise_client_urls, &listen_client_urls)
+            .map_err(|e| ConfigError::new(format!("{}: {e}", s.origin("advertise-client-urls"))))?;
+        let listen_peer_urls = s.listen_urls("listen-peer-urls", "http://localhost:2380")?;
+        let initial_advertise_peer_urls = s.urls("initial-advertise-peer-urls", "http://localhost:2380")?;
+        urls::check_advertised(&initial_advertise_peer_urls, &listen_peer_urls)
+            .map_err(|e| ConfigError::new(format!("{}: {e}", s.origin("initial-advertise-peer-urls"))))?;
+        // etcd: without an explicit --initial-cluster, the member forms a cluster of one.
+        let initial_cluster = s.raw("initial-cluster").unwrap_or_else(|| {
+            initial_advertise_peer_urls.iter().map(|u| format!("{name}={u}")).collect::<Vec<_>>().join(",")
+        });
+        let initial_cluster_state = match s.one_of("initial-cluster-state", "new", &["new", "existing"])?.as_str() {
+            "existing" => ClusterState::Existing,
+            _ => ClusterState::New,
+        };
+        let data_dir = PathBuf::from(s.raw("data-dir").filter(|d| !d.is_empty()).unwrap_or_else(|| format!("{name}.etcd")));
+        let quota = s.number("quota-backend-bytes", 0)?;
+        Ok(Config {
+            wal_dir: s.raw("wal-dir").filter(|d| !d.is_empty()).map(PathBuf::from),
+            snapshot_count: s.number("snapshot-count", 100_000)?.max(1),
+            heartbeat_interval,
+            election_timeout,
+            listen_peer_urls,
+            listen_client_urls,
+            advertise_client_urls,
+            initial_advertise_peer_urls,
+            initial_cluster,
+            initial_cluster_state,
+            initial_cluster_token: s.string("initial-cluster-token", "etcd-cluster"),
+            quota_backend_bytes: if quota == 0 { 2 * 1024 * 1024 * 1024 } else { quota },
+            max_request_bytes: s.number("max-request-bytes", 1_572_864)?,
+            max_txn_ops: s.number("max-txn-ops", 128)?,
+            log_level: s.one_of("log-level", "info", &["debug", "info", "warn", "error", "panic", "fatal"])?,
+            logger: s.one_of("logger", "zap", &["zap", "capnslog"])?,
+            name,
+            data_dir,
+            notices,
+        })
+    }
+}

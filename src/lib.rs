@@ -1,0 +1,9 @@
+//! cairn: an etcd-compatible, strongly consistent key-value store.
+
+pub mod api;
+pub mod bootstrap;
+pub mod config;
+pub mod raft;
+pub mod server;
+pub mod store;
+pub mod logging;

@@ -1,0 +1,223 @@
+//! `Consensus` owns this member's Raft instance and answers the two questions
+//! the API asks: "commit this command" and "may I read locally now?". Both
+//! work on any member: a follower forwards writes to the leader and asks the
+//! leader for a read index.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::metrics::RaftMetrics;
+use openraft::{Config, SnapshotPolicy};
+
+use super::network::{CallError, Method, Peers};
+use super::{LogStore, PeerNode, PeerRefusal, PeerService, Raft, StateMachine};
+use crate::store::log::LogDb;
+use crate::store::types::{Command, CommandResult, KvError};
+use crate::store::Store;
+
+pub struct RaftSettings {
+    pub heartbeat_ms: u64,
+    pub election_ms: u64,
+    pub snapshot_count: u64,
+    pub cluster_token: String,
+}
+
+pub struct Consensus {
+    raft: Raft,
+    member_id: u64,
+    peers: Peers,
+    request_timeout: Duration,
+}
+
+/// How a failed attempt ends: try again (nothing was proposed), or give up.
+enum Attempt<T> {
+    Done(Result<T, KvError>),
+    Retry,
+}
+
+impl Consensus {
+    pub async fn start(
+        member_id: u64,
+        settings: &RaftSettings,
+        log: LogDb,
+        store: Arc<Store>,
+        snapshot_file: PathBuf,
+    ) -> anyhow::Result<Consensus> {
+        let config = Config {
+            cluster_name: settings.cluster_token.clone(),
+            heartbeat_interval: settings.heartbeat_ms,
+            election_timeout_min: settings.election_ms,
+            election_timeout_max: settings.election_ms * 2,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_count),
+            max_in_snapshot_log_to_keep: settings.snapshot_count.min(5000),
+            max_payload_entries: 1024,
+            ..Default::default()
+        };
+        let config = Arc::new(config.validate()?);
+        let peers = Peers::default();
+        let raft = Raft::new(
+            member_id,
+            config,
+            peers.clone(),
+            LogStore::new(log),
+            StateMachine::new(store, snapshot_file),
+        )
+        .await?;
+        // etcd's request timeout: 5 s plus two election timeouts.
+        let request_timeout = Duration::from_millis(5000 + 2 * settings.election_ms);
+        Ok(Consensus { raft, member_id, peers, request_timeout })
+    }
+
+    /// Forms a new cluster from the initial members. Every member of a new
+    /// static cluster does this with the same set, which openraft allows.
+    pub async fn bootstrap(&self, members: BTreeMap<u64, PeerNode>) -> anyhow::Result<()> {
+        if self.raft.is_initialized().await? {
+            return Ok(());
+        }
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn peer_service(&self) -> PeerService {
+        PeerService::new(self.raft.clone())
+    }
+
+    pub fn member_id(&self) -> u64 {
+        self.member_id
+    }
+
+    pub fn metrics(&self) -> RaftMetrics<u64, PeerNode> {
+        self.raft.metrics().borrow().clone()
+    }
+
+    pub fn leader(&self) -> Option<u64> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        self.raft.metrics().borrow().last_applied.map_or(0, |id| id.index)
+    }
+
+    /// The members of the current configuration.
+    pub fn members(&self) -> Vec<(u64, PeerNode)> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.membership_config.nodes().map(|(id, node)| (*id, node.clone())).collect()
+    }
+
+    fn leader_node(&self, leader: u64) -> Option<PeerNode> {
+        self.raft.metrics().borrow().membership_config.membership().get_node(&leader).cloned()
+    }
+
+    /// Commits a command through the Raft log and returns the state machine's result.
+    pub async fn write(&self, command: Command) -> Result<CommandResult, KvError> {
+        self.with_leader(|leader, remaining| {
+            let command = command.clone();
+            async move {
+                if leader == self.member_id {
+                    return match self.raft.client_write(command).await {
+                        Ok(r) => Attempt::Done(Ok(r.data)),
+                        Err(e) if e.forward_to_leader().is_some() => Attempt::Retry,
+                        Err(e) => Attempt::Done(Err(KvError::Internal(e.to_string()))),
+                    };
+                }
+                let Some(node) = self.leader_node(leader) else { return Attempt::Retry };
+                let reply = self.peers.call(leader, &node, Some(remaining), Method::Forward, &command).await;
+                match reply {
+                    Ok(Ok(result)) => Attempt::Done(Ok(result)),
+                    Ok(Err(PeerRefusal::NotLeader(_))) => Attempt::Retry,
+                    Ok(Err(PeerRefusal::Failed(m))) => Attempt::Done(Err(KvError::Internal(m))),
+                    // Not even connected: nothing was proposed, so another try is safe.
+                    Err(e) if never_sent(&e) => Attempt::Retry,
+                    // It may or may not have been committed; the client decides.
+                    Err(_) => Attempt::Done(Err(KvError::LeaderChanged)),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Returns once this member's state machine has applied everything that
+    /// was committed when the call began (ReadIndex): a local read after it is
+    /// linearizable.
+    pub async fn read_barrier(&self) -> Result<(), KvError> {
+        self.with_leader(|leader, remaining| async move {
+            if leader == self.member_id {
+                return match tokio::time::timeout(remaining, self.raft.ensure_linearizable()).await {
+                    Err(_) => Attempt::Done(Err(KvError::Timeout)),
+                    Ok(Ok(_)) => Attempt::Done(Ok(())),
+                    Ok(Err(e)) if e.forward_to_leader().is_some() => Attempt::Retry,
+                    Ok(Err(e)) => Attempt::Done(Err(KvError::Internal(e.to_string()))),
+                };
+            }
+            let Some(node) = self.leader_node(leader) else { return Attempt::Retry };
+            match self.peers.call::<_, Result<u64, PeerRefusal>>(leader, &node, Some(remaining), Method::ReadIndex, &()).await {
+                Ok(Ok(index)) => {
+                    let waited =
+                        self.raft.wait(Some(remaining)).applied_index_at_least(Some(index), "read index").await;
+                    Attempt::Done(waited.map(|_| ()).map_err(|_| KvError::Timeout))
+                }
+                Ok(Err(PeerRefusal::Failed(m))) => Attempt::Done(Err(KvError::Internal(m))),
+                // Reads change nothing: any failure may be retried.
+                _ => Attempt::Retry,
+            }
+        })
+        .await
+    }
+
+    /// Runs `attempt` against the current leader until it is done or the
+    /// request timeout passes, waiting for a leader when there is none.
+    async fn with_leader<T, F, Fut>(&self, mut attempt: F) -> Result<T, KvError>
+    where
+        F: FnMut(u64, Duration) -> Fut,
+        Fut: std::future::Future<Output = Attempt<T>>,
+    {
+        let deadline = Instant::now() + self.request_timeout;
+        let mut metrics = self.raft.metrics();
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let leader = metrics.borrow_and_update().current_leader;
+            if let Some(leader) = leader {
+                if let Attempt::Done(result) = attempt(leader, remaining).await {
+                    return result;
+                }
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(if self.leader().is_none() { KvError::NoLeader } else { KvError::Timeout });
+            }
+            // Wake on any Raft state change, or poll again soon.
+            let _ = tokio::time::timeout(remaining.min(Duration::from_millis(100)), metrics.changed()).await;
+        }
+    }
+
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+}
+
+/// True when a peer call failed before the request could reach the peer.
+fn never_sent(e: &CallError) -> bool {
+    let CallError::Transport(status) = e else { return false };
+    let mut source: Option<&dyn std::error::Error> = std::error::Error::source(status);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+        }
+        source = err.source();
+    }
+    status.message().contains("tcp connect error")
+}

@@ -1,0 +1,72 @@
+//! Consensus: openraft's type configuration, the RocksDB log and state machine
+//! adapters, the peer network, and `Consensus`, which turns client commands
+//! into committed results and provides linearizable read barriers.
+
+mod consensus;
+mod log_store;
+pub mod network;
+mod peer_service;
+mod state_machine;
+
+use std::fmt;
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::types::{Command, CommandResult};
+
+pub use consensus::{Consensus, RaftSettings};
+pub use log_store::LogStore;
+pub use peer_service::PeerService;
+pub use state_machine::StateMachine;
+
+/// A member as Raft's membership config holds it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerNode {
+    pub name: String,
+    pub peer_urls: Vec<String>,
+}
+
+impl fmt::Display for PeerNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.name, self.peer_urls.join(","))
+    }
+}
+
+openraft::declare_raft_types!(
+    pub TypeConfig:
+        D = Command,
+        R = CommandResult,
+        NodeId = u64,
+        Node = PeerNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+        Responder = openraft::impls::OneshotResponder<TypeConfig>,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type LogId = openraft::LogId<u64>;
+pub type StoredMembership = openraft::StoredMembership<u64, PeerNode>;
+
+/// What a leader answers to a forwarded write or read-index request when it
+/// cannot serve it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum PeerRefusal {
+    /// Not the leader (any more); the hint names who is, if known.
+    NotLeader(Option<u64>),
+    Failed(String),
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_allocvec(value).expect("in-memory serialization cannot fail")
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, postcard::Error> {
+    postcard::from_bytes(bytes)
+}
+
+/// The generated client and server of proto/peer.proto.
+pub mod peerpb {
+    tonic::include_proto!("cairn.peer");
+}

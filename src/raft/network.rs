@@ -1,0 +1,150 @@
+//! The client side of the peer protocol: one lazily connected gRPC channel per
+//! member, used by openraft's replication and by request forwarding.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use super::peerpb::peer_client::PeerClient;
+use super::peerpb::Payload;
+use super::{decode, encode, PeerNode, TypeConfig};
+
+/// Channels to the other members, shared by Raft replication and forwarding.
+#[derive(Clone, Default)]
+pub struct Peers {
+    channels: Arc<Mutex<HashMap<u64, (PeerNode, Channel)>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("peer unreachable: {0}")]
+    Transport(#[from] tonic::Status),
+    #[error("member {0} has no usable peer URL")]
+    NoUrl(u64),
+    #[error("bad peer payload: {0}")]
+    Payload(#[from] postcard::Error),
+}
+
+impl Peers {
+    pub fn channel(&self, id: u64, node: &PeerNode) -> Result<Channel, CallError> {
+        let mut channels = self.channels.lock().expect("peer channel map poisoned");
+        if let Some((known, channel)) = channels.get(&id) {
+            if known == node {
+                return Ok(channel.clone());
+            }
+        }
+        let url = node.peer_urls.first().ok_or(CallError::NoUrl(id))?;
+        let channel = Endpoint::from_shared(url.clone())
+            .map_err(|_| CallError::NoUrl(id))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .connect_lazy();
+        channels.insert(id, (node.clone(), channel.clone()));
+        Ok(channel)
+    }
+
+    /// One unary peer call: `method` picks the RPC, the payload is postcard.
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        id: u64,
+        node: &PeerNode,
+        timeout: Option<Duration>,
+        method: Method,
+        request: &Req,
+    ) -> Result<Resp, CallError> {
+        let mut client = PeerClient::new(self.channel(id, node)?)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+        let mut req = tonic::Request::new(Payload { data: encode(request) });
+        if let Some(t) = timeout {
+            req.set_timeout(t);
+        }
+        let reply = match method {
+            Method::AppendEntries => client.append_entries(req).await,
+            Method::Vote => client.vote(req).await,
+            Method::InstallSnapshot => client.install_snapshot(req).await,
+            Method::Forward => client.forward(req).await,
+            Method::ReadIndex => client.read_index(req).await,
+        }?;
+        Ok(decode(&reply.into_inner().data)?)
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Method {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+    Forward,
+    ReadIndex,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Peers {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: u64, node: &PeerNode) -> PeerConnection {
+        PeerConnection { peers: self.clone(), target, node: node.clone() }
+    }
+}
+
+pub struct PeerConnection {
+    peers: Peers,
+    target: u64,
+    node: PeerNode,
+}
+
+impl PeerConnection {
+    async fn raft_call<Req: Serialize, Resp: DeserializeOwned, E: std::error::Error + DeserializeOwned>(
+        &self,
+        method: Method,
+        request: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<u64, PeerNode, RaftError<u64, E>>> {
+        let reply: Result<Resp, RaftError<u64, E>> = self
+            .peers
+            .call(self.target, &self.node, Some(option.hard_ttl()), method, request)
+            .await
+            .map_err(|e| match e {
+                CallError::Payload(_) => RPCError::Network(NetworkError::new(&e)),
+                _ => RPCError::Unreachable(Unreachable::new(&e)),
+            })?;
+        reply.map_err(|e| RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, PeerNode, RaftError<u64>>> {
+        self.raft_call(Method::AppendEntries, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<u64>, RPCError<u64, PeerNode, RaftError<u64, InstallSnapshotError>>> {
+        self.raft_call(Method::InstallSnapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RPCError<u64, PeerNode, RaftError<u64>>> {
+        self.raft_call(Method::Vote, &rpc, &option).await
+    }
+}

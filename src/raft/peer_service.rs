@@ -1,0 +1,69 @@
+//! The server side of the peer protocol: Raft RPCs into openraft, and the
+//! leader's half of write forwarding and ReadIndex.
+
+use tonic::{Request, Response, Status};
+
+use super::peerpb::peer_server::Peer;
+use super::peerpb::Payload;
+use super::{decode, encode, PeerRefusal, Raft};
+use crate::store::types::{Command, CommandResult};
+
+pub struct PeerService {
+    raft: Raft,
+}
+
+impl PeerService {
+    pub fn new(raft: Raft) -> PeerService {
+        PeerService { raft }
+    }
+}
+
+fn payload<T: serde::de::DeserializeOwned>(req: Request<Payload>) -> Result<T, Status> {
+    decode(&req.into_inner().data).map_err(|e| Status::invalid_argument(format!("bad peer payload: {e}")))
+}
+
+fn reply<T: serde::Serialize>(value: &T) -> Result<Response<Payload>, Status> {
+    Ok(Response::new(Payload { data: encode(value) }))
+}
+
+fn refusal<E>(e: openraft::error::RaftError<u64, E>) -> PeerRefusal
+where
+    E: std::fmt::Debug + std::fmt::Display + openraft::TryAsRef<openraft::error::ForwardToLeader<u64, super::PeerNode>>,
+{
+    match e.forward_to_leader() {
+        Some(f) => PeerRefusal::NotLeader(f.leader_id),
+        None => PeerRefusal::Failed(e.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn append_entries(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        reply(&self.raft.append_entries(payload(req)?).await)
+    }
+
+    async fn vote(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        reply(&self.raft.vote(payload(req)?).await)
+    }
+
+    async fn install_snapshot(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        reply(&self.raft.install_snapshot(payload(req)?).await)
+    }
+
+    async fn forward(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let command: Command = payload(req)?;
+        let result: Result<CommandResult, PeerRefusal> =
+            self.raft.client_write(command).await.map(|r| r.data).map_err(refusal);
+        reply(&result)
+    }
+
+    async fn read_index(&self, _req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let result: Result<u64, PeerRefusal> = self
+            .raft
+            .get_read_log_id()
+            .await
+            .map(|(read, _applied)| read.map_or(0, |id| id.index))
+            .map_err(refusal);
+        reply(&result)
+    }
+}

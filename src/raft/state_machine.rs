@@ -1,0 +1,139 @@
+//! openraft's state machine on `store::Store`. Every entry is applied in one
+//! atomic RocksDB write together with the applied log id and membership; the
+//! latest snapshot is kept as a file beside the state database.
+
+use std::io::Cursor;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageError, StorageIOError};
+
+use super::{decode, encode, LogId, PeerNode, StoredMembership, TypeConfig};
+use crate::store::types::CommandResult;
+use crate::store::Store;
+
+type Meta = SnapshotMeta<u64, PeerNode>;
+
+pub struct StateMachine {
+    store: Arc<Store>,
+    snapshot_file: PathBuf,
+}
+
+fn sm_error(verb: ErrorVerb, e: impl ToString) -> StorageError<u64> {
+    StorageIOError::new(ErrorSubject::StateMachine, verb, openraft::AnyError::error(e.to_string())).into()
+}
+
+/// (applied log id, membership) as recorded with every applied entry.
+type RaftState = (Option<LogId>, StoredMembership);
+
+impl StateMachine {
+    pub fn new(store: Arc<Store>, snapshot_file: PathBuf) -> StateMachine {
+        StateMachine { store, snapshot_file }
+    }
+
+    fn raft_state(&self) -> Result<RaftState, StorageError<u64>> {
+        match self.store.raft_applied() {
+            None => Ok((None, StoredMembership::default())),
+            Some(bytes) => decode(&bytes).map_err(|e| sm_error(ErrorVerb::Read, e)),
+        }
+    }
+
+    fn write_snapshot_file(path: &PathBuf, meta: &Meta, data: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        let tmp = path.with_extension("tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&encode(&(meta, data)))?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
+        let store = self.store.clone();
+        let path = self.snapshot_file.clone();
+        tokio::task::spawn_blocking(move || {
+            let (data, raft_state) = store.export().map_err(|e| sm_error(ErrorVerb::Read, e))?;
+            let (last_log_id, last_membership): RaftState = match raft_state {
+                Some(bytes) => decode(&bytes).map_err(|e| sm_error(ErrorVerb::Read, e))?,
+                None => (None, StoredMembership::default()),
+            };
+            let snapshot_id = last_log_id.map_or_else(|| "empty".to_string(), |id| format!("{}-{}", id.leader_id, id.index));
+            let meta = Meta { last_log_id, last_membership, snapshot_id };
+            StateMachine::write_snapshot_file(&path, &meta, &data).map_err(|e| sm_error(ErrorVerb::Write, e))?;
+            Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        })
+        .await
+        .map_err(|e| sm_error(ErrorVerb::Write, e))?
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(&mut self) -> Result<RaftState, StorageError<u64>> {
+        self.raft_state()
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError<u64>>
+    where
+        I: IntoIterator<Item = openraft::Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let entries: Vec<_> = entries.into_iter().collect();
+        let (_, mut membership) = self.raft_state()?;
+        let store = self.store.clone();
+        // One hop to a blocking thread per batch: RocksDB work stays off the async workers.
+        tokio::task::spawn_blocking(move || {
+            let mut results = Vec::with_capacity(entries.len());
+            for entry in entries {
+                let command = match entry.payload {
+                    EntryPayload::Normal(command) => Some(command),
+                    EntryPayload::Membership(m) => {
+                        membership = StoredMembership::new(Some(entry.log_id), m);
+                        None
+                    }
+                    EntryPayload::Blank => None,
+                };
+                let state = encode(&(Some(entry.log_id), &membership));
+                results.push(store.apply(command.as_ref(), &state).map_err(|e| sm_error(ErrorVerb::Write, e))?);
+            }
+            Ok(results)
+        })
+        .await
+        .map_err(|e| sm_error(ErrorVerb::Write, e))?
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        StateMachine { store: self.store.clone(), snapshot_file: self.snapshot_file.clone() }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(&mut self, meta: &Meta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError<u64>> {
+        let data = snapshot.into_inner();
+        let store = self.store.clone();
+        let path = self.snapshot_file.clone();
+        let meta = meta.clone();
+        tokio::task::spawn_blocking(move || {
+            let state = encode(&(meta.last_log_id, &meta.last_membership));
+            store.import(&data, &state).map_err(|e| sm_error(ErrorVerb::Write, e))?;
+            StateMachine::write_snapshot_file(&path, &meta, &data).map_err(|e| sm_error(ErrorVerb::Write, e))
+        })
+        .await
+        .map_err(|e| sm_error(ErrorVerb::Write, e))?
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
+        let bytes = match std::fs::read(&self.snapshot_file) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(sm_error(ErrorVerb::Read, e)),
+        };
+        let (meta, data): (Meta, Vec<u8>) = decode(&bytes).map_err(|e| sm_error(ErrorVerb::Read, e))?;
+        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+    }
+}

@@ -1,0 +1,184 @@
+//! Assembles a member from its configuration: opens the stores, starts Raft,
+//! bootstraps a new cluster or recovers from the data dir, serves the peer and
+//! client ports, and shuts down cleanly on SIGTERM/SIGINT.
+
+mod node;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use node::{Header, Limits, Node};
+
+use crate::bootstrap::InitialCluster;
+use crate::config::{ClusterState, Config, ConfigError, ListenUrl};
+use crate::raft::peerpb::peer_server::PeerServer;
+use crate::raft::{Consensus, PeerNode, RaftSettings};
+use crate::store::log::LogDb;
+use crate::store::types::{Command, MemberInfo};
+use crate::store::Store;
+
+async fn bind(urls: &[ListenUrl], flag: &str) -> anyhow::Result<Vec<TcpListener>> {
+    let mut listeners = Vec::new();
+    for u in urls {
+        let l = TcpListener::bind(u.addr).await.map_err(|e| ConfigError::new(format!("{flag} {}: cannot listen: {e}", u.url)))?;
+        listeners.push(l);
+    }
+    Ok(listeners)
+}
+
+/// Resolves when the process is asked to stop.
+async fn stop_requested() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("received SIGTERM, shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("received SIGINT, shutting down"),
+    }
+}
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let member_dir = config.data_dir.join("member");
+    let snap_dir = member_dir.join("snap");
+    let wal_dir = config.wal_dir.clone().unwrap_or_else(|| member_dir.join("wal"));
+    for dir in [&snap_dir, &wal_dir] {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let store = Arc::new(Store::open(&snap_dir.join("db"))?);
+    let log = LogDb::open(&wal_dir).with_context(|| format!("raft log in {}", wal_dir.display()))?;
+
+    let (member_id, cluster_id, initial) = match store.identity() {
+        Some((member_id, cluster_id)) => {
+            tracing::info!(data_dir = %config.data_dir.display(), "restarting from existing data dir; --initial-cluster* flags are ignored");
+            (member_id, cluster_id, None)
+        }
+        None => {
+            if config.initial_cluster_state == ClusterState::Existing {
+                return Err(ConfigError::new(
+                    "--initial-cluster-state existing with an empty data dir needs `member add`, which cairn does not support yet",
+                )
+                .into());
+            }
+            let cluster = InitialCluster::from_static(&config.initial_cluster, &config.initial_cluster_token)?;
+            let me = cluster.member(&config.name, &config.initial_advertise_peer_urls)?.clone();
+            (me.id, cluster.cluster_id, Some(cluster))
+        }
+    };
+
+    let peer_listeners = bind(&config.listen_peer_urls, "--listen-peer-urls").await?;
+    let client_listeners = bind(&config.listen_client_urls, "--listen-client-urls").await?;
+
+    let settings = RaftSettings {
+        heartbeat_ms: config.heartbeat_interval,
+        election_ms: config.election_timeout,
+        snapshot_count: config.snapshot_count,
+        cluster_token: config.initial_cluster_token.clone(),
+    };
+    let consensus = Consensus::start(member_id, &settings, log, store.clone(), snap_dir.join("raft.snap")).await?;
+    if let Some(cluster) = initial {
+        let nodes: BTreeMap<u64, PeerNode> = cluster
+            .members
+            .iter()
+            .map(|m| (m.id, PeerNode { name: m.name.clone(), peer_urls: m.peer_urls.clone() }))
+            .collect();
+        consensus.bootstrap(nodes).await?;
+        // Recorded only once Raft holds the initial membership: a crash
+        // before this point bootstraps again, which is harmless.
+        store.set_identity(member_id, cluster_id)?;
+        tracing::info!(member_id = format!("{member_id:x}"), cluster_id = format!("{cluster_id:x}"), "bootstrapped new cluster member");
+    }
+
+    let node = Arc::new(Node {
+        name: config.name.clone(),
+        member_id,
+        cluster_id,
+        client_urls: config.advertise_client_urls.clone(),
+        limits: Limits {
+            max_request_bytes: config.max_request_bytes,
+            max_txn_ops: config.max_txn_ops,
+            quota_backend_bytes: config.quota_backend_bytes,
+        },
+        store,
+        consensus,
+    });
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut servers = tokio::task::JoinSet::new();
+    for listener in peer_listeners {
+        let service = PeerServer::new(node.consensus.peer_service())
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+        let stop = wait_for(stop_rx.clone());
+        servers.spawn(async move {
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(service)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
+                .await
+        });
+    }
+    for listener in client_listeners {
+        let routes = crate::api::client_routes(node.clone());
+        let stop = wait_for(stop_rx.clone());
+        servers.spawn(async move {
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .accept_http1(true)
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
+                .await
+        });
+    }
+    tokio::spawn(publish_self(node.clone(), config.initial_advertise_peer_urls.clone()));
+    tracing::info!(
+        name = %config.name,
+        client_urls = %config.advertise_client_urls.join(","),
+        peer_urls = %config.initial_advertise_peer_urls.join(","),
+        "serving client requests"
+    );
+
+    tokio::select! {
+        _ = stop_requested() => {}
+        Some(res) = servers.join_next() => {
+            res.context("server task")?.context("server stopped")?;
+        }
+    }
+    let _ = stop_tx.send(true);
+    // In-flight requests get a moment to finish before Raft stops.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async { while servers.join_next().await.is_some() {} }).await;
+    node.consensus.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Records this member's name and URLs in the cluster (through Raft), so
+/// every member can list everyone's client URLs. Retries until it lands.
+async fn publish_self(node: Arc<Node>, peer_urls: Vec<String>) {
+    let me = MemberInfo {
+        id: node.member_id,
+        name: node.name.clone(),
+        peer_urls,
+        client_urls: node.client_urls.clone(),
+    };
+    if node.store.members().contains(&me) {
+        return;
+    }
+    loop {
+        match node.write(Command::PublishMember(me.clone())).await {
+            Ok(_) => {
+                tracing::info!("published member attributes to the cluster");
+                return;
+            }
+            Err(e) => tracing::debug!(error = %e, "publishing member attributes; will retry"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,82 @@
+//! The running member as the API sees it: identity, limits, the store and
+//! consensus, and the two request paths (reads and writes).
+
+use std::sync::Arc;
+
+use crate::raft::Consensus;
+use crate::store::types::{Command, CommandResult, KvError, OpResult, RangeArgs, RangeResult, TxnArgs};
+use crate::store::Store;
+
+pub struct Limits {
+    pub max_request_bytes: u64,
+    pub max_txn_ops: u64,
+    pub quota_backend_bytes: u64,
+}
+
+pub struct Node {
+    pub name: String,
+    pub member_id: u64,
+    pub cluster_id: u64,
+    pub client_urls: Vec<String>,
+    pub limits: Limits,
+    pub store: Arc<Store>,
+    pub consensus: Consensus,
+}
+
+/// etcd's response header fields.
+pub struct Header {
+    pub cluster_id: u64,
+    pub member_id: u64,
+    pub revision: i64,
+    pub raft_term: u64,
+}
+
+impl Node {
+    pub fn header(&self, revision: i64) -> Header {
+        Header {
+            cluster_id: self.cluster_id,
+            member_id: self.member_id,
+            revision,
+            raft_term: self.consensus.term(),
+        }
+    }
+
+    /// Runs blocking store work off the async workers.
+    async fn on_store<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Store) -> Result<T, KvError> + Send + 'static,
+    ) -> Result<T, KvError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || work(&store))
+            .await
+            .map_err(|e| KvError::Internal(e.to_string()))?
+    }
+
+    /// A Range: linearizable (after a ReadIndex barrier) unless serializable.
+    pub async fn range(&self, args: RangeArgs, serializable: bool) -> Result<(RangeResult, i64), KvError> {
+        if !serializable {
+            self.consensus.read_barrier().await?;
+        }
+        self.on_store(move |s| s.range(&args)).await
+    }
+
+    /// A Txn that only reads: evaluated locally after a ReadIndex barrier, so
+    /// compare-only transactions are linearizable too.
+    pub async fn read_txn(&self, args: TxnArgs, serializable: bool) -> Result<(OpResult, i64), KvError> {
+        if !serializable {
+            self.consensus.read_barrier().await?;
+        }
+        self.on_store(move |s| s.read_txn(&args)).await
+    }
+
+    /// Commits a command; a command that adds data is refused once the store
+    /// is over its space quota, as etcd's NOSPACE alarm does.
+    pub async fn write(&self, command: Command) -> Result<CommandResult, KvError> {
+        if matches!(command, Command::Write(_)) && self.store.size_bytes() > self.limits.quota_backend_bytes {
+            return Err(KvError::NoSpace);
+        }
+        let result = self.consensus.write(command).await?;
+        result.outcome.as_ref().map_err(Clone::clone)?;
+        Ok(result)
+    }
+}

@@ -1,0 +1,255 @@
+//! Executes one command against a view: the MVCC write path (Put, DeleteRange,
+//! Txn, Compact). Writes land in one RocksDB WriteBatch per command, so a
+//! command is applied whole or not at all, together with its Raft log id.
+
+use std::collections::BTreeSet;
+
+use rocksdb::{IteratorMode, WriteBatch};
+
+use super::keys::{self, Event, Stored};
+use super::types::{
+    Compare, CompareResult, CompareTarget, DeleteArgs, KeyValue, KvError, Op, OpResult, PutArgs, TxnArgs,
+};
+use super::view::{db_error, RangeEnd, View};
+use super::Cfs;
+
+pub struct Execution<'a> {
+    pub(super) view: View<'a>,
+    pub(super) batch: WriteBatch,
+    /// Sub-revision of the next change; non-zero once this command changed anything.
+    sub: u32,
+}
+
+impl<'a> Execution<'a> {
+    pub fn new(view: View<'a>) -> Self {
+        Execution { view, batch: WriteBatch::default(), sub: 0 }
+    }
+
+    /// The revision of the store once this command is done.
+    pub fn revision(&self) -> i64 {
+        self.view.revision + i64::from(self.sub > 0)
+    }
+
+    fn write_revision(&self) -> i64 {
+        self.view.revision + 1
+    }
+
+    pub fn execute(&mut self, op: &Op) -> Result<OpResult, KvError> {
+        match op {
+            Op::Range(args) => {
+                // Reads inside a txn see the txn's own earlier writes, which
+                // are in the overlay at the revision they will have.
+                let saved = self.view.revision;
+                self.view.revision = self.revision();
+                let result = self.view.range(args);
+                self.view.revision = saved;
+                Ok(OpResult::Range(result?))
+            }
+            Op::Put(args) => self.put(args),
+            Op::Delete(args) => self.delete(args),
+            Op::Txn(args) => self.txn(args),
+        }
+    }
+
+    fn record(&mut self, kv: &KeyValue, deleted: bool) {
+        let rev = self.write_revision();
+        let sub = self.sub;
+        self.sub += 1;
+        let db = self.view.db;
+        self.batch.put_cf(
+            Cfs::handle(db, Cfs::HISTORY),
+            keys::history_key(rev, sub),
+            keys::encode(&Event { kv: kv.clone(), deleted }),
+        );
+        self.batch.put_cf(Cfs::handle(db, Cfs::INDEX), keys::index_key(&kv.key, rev), keys::index_value(sub, deleted));
+        if deleted {
+            self.batch.delete_cf(Cfs::handle(db, Cfs::LATEST), &kv.key);
+        }
+    }
+
+    fn put(&mut self, args: &PutArgs) -> Result<OpResult, KvError> {
+        let prev = self.view.get_latest(&args.key)?;
+        if args.lease != 0 && !args.ignore_lease {
+            // No lease can exist until the Lease service does.
+            return Err(KvError::LeaseNotFound);
+        }
+        if (args.ignore_value || args.ignore_lease) && prev.is_none() {
+            return Err(KvError::KeyNotFound);
+        }
+        let rev = self.write_revision();
+        let stored = Stored {
+            create_revision: prev.as_ref().map_or(rev, |p| p.create_revision),
+            mod_revision: rev,
+            version: prev.as_ref().map_or(0, |p| p.version) + 1,
+            lease: match (&prev, args.ignore_lease) {
+                (Some(p), true) => p.lease,
+                _ => args.lease,
+            },
+            value: match (&prev, args.ignore_value) {
+                (Some(p), true) => p.value.clone(),
+                _ => args.value.clone(),
+            },
+        };
+        let kv = stored.clone().into_kv(args.key.clone());
+        self.record(&kv, false);
+        self.batch.put_cf(Cfs::handle(self.view.db, Cfs::LATEST), &args.key, keys::encode(&stored));
+        self.view.overlay.insert(args.key.clone(), Some(stored));
+        let prev_kv = if args.prev_kv { prev.map(|p| p.into_kv(args.key.clone())) } else { None };
+        Ok(OpResult::Put { prev_kv })
+    }
+
+    fn delete(&mut self, args: &DeleteArgs) -> Result<OpResult, KvError> {
+        let mut doomed = Vec::new();
+        self.view.scan_latest(&args.key, &RangeEnd::of(&args.range_end), |k, s| {
+            doomed.push(s.clone().into_kv(k.to_vec()));
+            true
+        })?;
+        let rev = self.write_revision();
+        for kv in &doomed {
+            let tombstone = KeyValue { key: kv.key.clone(), mod_revision: rev, ..Default::default() };
+            self.record(&tombstone, true);
+            self.view.overlay.insert(kv.key.clone(), None);
+        }
+        let deleted = doomed.len() as i64;
+        Ok(OpResult::Delete { deleted, prev_kvs: if args.prev_kv { doomed } else { Vec::new() } })
+    }
+
+    fn txn(&mut self, args: &TxnArgs) -> Result<OpResult, KvError> {
+        let mut succeeded = true;
+        for c in &args.compare {
+            if !self.compare(c)? {
+                succeeded = false;
+                break;
+            }
+        }
+        let branch = if succeeded { &args.success } else { &args.failure };
+        let mut responses = Vec::with_capacity(branch.len());
+        for op in branch {
+            responses.push(self.execute(op)?);
+        }
+        Ok(OpResult::Txn { succeeded, responses })
+    }
+
+    fn compare(&self, c: &Compare) -> Result<bool, KvError> {
+        let mut kvs = Vec::new();
+        self.view.scan_latest(&c.key, &RangeEnd::of(&c.range_end), |k, s| {
+            kvs.push(s.clone().into_kv(k.to_vec()));
+            true
+        })?;
+        if kvs.is_empty() {
+            // A missing key compares as a zero key-value, except on its value.
+            if matches!(c.target, CompareTarget::Value(_)) {
+                return Ok(false);
+            }
+            kvs.push(KeyValue::default());
+        }
+        Ok(kvs.iter().all(|kv| {
+            let ord = match &c.target {
+                CompareTarget::Version(v) => kv.version.cmp(v),
+                CompareTarget::Create(v) => kv.create_revision.cmp(v),
+                CompareTarget::Mod(v) => kv.mod_revision.cmp(v),
+                CompareTarget::Lease(v) => kv.lease.cmp(v),
+                CompareTarget::Value(v) => kv.value.as_slice().cmp(v.as_slice()),
+            };
+            match c.result {
+                CompareResult::Equal => ord.is_eq(),
+                CompareResult::Greater => ord.is_gt(),
+                CompareResult::Less => ord.is_lt(),
+                CompareResult::NotEqual => ord.is_ne(),
+            }
+        }))
+    }
+
+    /// Drops every version older than the newest one at or below `revision`
+    /// (and that one too when it is a deletion).
+    pub fn compact(&mut self, revision: i64) -> Result<(), KvError> {
+        if revision > self.view.revision {
+            return Err(KvError::FutureRevision);
+        }
+        if revision <= self.view.compact_revision {
+            return Err(KvError::Compacted);
+        }
+        let db = self.view.db;
+        let (index, history) = (Cfs::handle(db, Cfs::INDEX), Cfs::handle(db, Cfs::HISTORY));
+        let mut current: Vec<u8> = Vec::new();
+        // Versions at or below `revision` of the key being scanned, oldest first.
+        let mut old: Vec<(Vec<u8>, i64, u32, bool)> = Vec::new();
+        let flush = |old: &mut Vec<(Vec<u8>, i64, u32, bool)>, batch: &mut WriteBatch| {
+            let keep_last = matches!(old.last(), Some((_, _, _, false)));
+            let n = old.len() - usize::from(keep_last);
+            for (ik, rev, sub, _) in old.drain(..).take(n) {
+                batch.delete_cf(index, ik);
+                batch.delete_cf(history, keys::history_key(rev, sub));
+            }
+        };
+        for item in db.iterator_cf(index, IteratorMode::Start) {
+            let (k, v) = item.map_err(db_error)?;
+            let (esc, rev) = keys::split_index_key(&k);
+            if esc != current.as_slice() {
+                flush(&mut old, &mut self.batch);
+                current = esc.to_vec();
+            }
+            if rev <= revision {
+                let (sub, tombstone) = keys::parse_index_value(&v);
+                old.push((k.to_vec(), rev, sub, tombstone));
+            }
+        }
+        flush(&mut old, &mut self.batch);
+        self.batch.put_cf(
+            Cfs::handle(db, Cfs::META),
+            keys::META_COMPACT_REVISION,
+            revision.to_be_bytes(),
+        );
+        Ok(())
+    }
+
+    /// Forgets the changes of a command that failed part-way.
+    pub fn discard(&mut self) {
+        self.batch.clear();
+        self.sub = 0;
+    }
+
+    /// Records the new store revision if this command changed anything.
+    pub fn finish(&mut self) {
+        if self.sub > 0 {
+            let rev = self.write_revision();
+            self.batch.put_cf(Cfs::handle(self.view.db, Cfs::META), keys::META_REVISION, rev.to_be_bytes());
+        }
+    }
+}
+
+/// etcd rejects a txn branch that writes a key twice (a put inside another
+/// put's key or a delete's range). A nested txn counts with the writes of both
+/// of its branches, though each branch is checked on its own.
+pub fn check_duplicate_keys(txn: &TxnArgs) -> Result<(), KvError> {
+    type Writes<'o> = (BTreeSet<&'o [u8]>, Vec<(&'o [u8], &'o [u8])>);
+    fn branch_writes(ops: &[Op]) -> Result<Writes<'_>, KvError> {
+        let (mut puts, mut deletes) = (BTreeSet::new(), Vec::new());
+        let add_put = |puts: &mut BTreeSet<_>, k| if puts.insert(k) { Ok(()) } else { Err(KvError::DuplicateKey) };
+        for op in ops {
+            match op {
+                Op::Put(p) => add_put(&mut puts, p.key.as_slice())?,
+                Op::Delete(d) => deletes.push((d.key.as_slice(), d.range_end.as_slice())),
+                Op::Txn(t) => {
+                    let (success_puts, success_deletes) = branch_writes(&t.success)?;
+                    let (failure_puts, failure_deletes) = branch_writes(&t.failure)?;
+                    for k in success_puts.union(&failure_puts) {
+                        add_put(&mut puts, k)?;
+                    }
+                    deletes.extend(success_deletes.into_iter().chain(failure_deletes));
+                }
+                Op::Range(_) => {}
+            }
+        }
+        for (start, end) in &deletes {
+            let end = RangeEnd::of(end);
+            if puts.iter().any(|k| end.contains(start, k)) {
+                return Err(KvError::DuplicateKey);
+            }
+        }
+        Ok((puts, deletes))
+    }
+    branch_writes(&txn.success)?;
+    branch_writes(&txn.failure)?;
+    Ok(())
+}

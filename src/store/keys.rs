@@ -1,0 +1,136 @@
+//! Byte layouts of the state database's column families.
+//!
+//! - `latest`:  user key -> `Stored` (live keys only; serves reads at the current revision)
+//! - `history`: revision(8) ++ sub(4) -> `Event` (every change; serves old revisions and watch catch-up)
+//! - `index`:   escaped user key ++ revision(8) -> sub(4) ++ tombstone(1) (finds a key's version at a revision)
+//! - `meta`:    small named values (revision, compact revision, Raft applied state, members)
+
+use serde::{Deserialize, Serialize};
+
+use super::types::KeyValue;
+
+/// A live key's value and metadata, without the key itself (it is the RocksDB key).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stored {
+    pub create_revision: i64,
+    pub mod_revision: i64,
+    pub version: i64,
+    pub lease: i64,
+    pub value: Vec<u8>,
+}
+
+impl Stored {
+    pub fn into_kv(self, key: Vec<u8>) -> KeyValue {
+        KeyValue {
+            key,
+            create_revision: self.create_revision,
+            mod_revision: self.mod_revision,
+            version: self.version,
+            value: self.value,
+            lease: self.lease,
+        }
+    }
+}
+
+/// One change in the history: the key's new state, or its deletion.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub kv: KeyValue,
+    pub deleted: bool,
+}
+
+pub fn history_key(revision: i64, sub: u32) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..8].copy_from_slice(&(revision as u64).to_be_bytes());
+    k[8..].copy_from_slice(&sub.to_be_bytes());
+    k
+}
+
+/// Escapes a user key so that it sorts like the key and no escaped key is a
+/// prefix of another: 0x00 becomes 0x00 0xFF, and 0x00 0x01 terminates.
+pub fn escape_key(key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.len() + 2 + 8);
+    for &b in key {
+        out.push(b);
+        if b == 0 {
+            out.push(0xFF);
+        }
+    }
+    out.extend_from_slice(&[0, 1]);
+    out
+}
+
+pub fn index_key(key: &[u8], revision: i64) -> Vec<u8> {
+    let mut k = escape_key(key);
+    k.extend_from_slice(&(revision as u64).to_be_bytes());
+    k
+}
+
+/// Splits an index key into the escaped user key and the revision.
+pub fn split_index_key(k: &[u8]) -> (&[u8], i64) {
+    let (esc, rev) = k.split_at(k.len() - 8);
+    (esc, u64::from_be_bytes(rev.try_into().expect("8 bytes")) as i64)
+}
+
+pub fn index_value(sub: u32, tombstone: bool) -> [u8; 5] {
+    let mut v = [0u8; 5];
+    v[..4].copy_from_slice(&sub.to_be_bytes());
+    v[4] = tombstone as u8;
+    v
+}
+
+pub fn parse_index_value(v: &[u8]) -> (u32, bool) {
+    (u32::from_be_bytes(v[..4].try_into().expect("4 bytes")), v[4] == 1)
+}
+
+pub fn decode_i64(raw: &[u8]) -> i64 {
+    raw.try_into().map(i64::from_be_bytes).unwrap_or(0)
+}
+
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_allocvec(value).expect("in-memory serialization cannot fail")
+}
+
+pub const META_REVISION: &[u8] = b"revision";
+pub const META_COMPACT_REVISION: &[u8] = b"compact_revision";
+pub const META_RAFT_APPLIED: &[u8] = b"raft_applied";
+pub const META_IDENTITY: &[u8] = b"identity";
+pub const MEMBER_PREFIX: &[u8] = b"member/";
+
+pub fn member_key(id: u64) -> Vec<u8> {
+    let mut k = MEMBER_PREFIX.to_vec();
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+fn unescape_key(esc: &[u8]) -> Vec<u8> {
+    let body = &esc[..esc.len() - 2];
+    let mut out = Vec::with_capacity(body.len());
+    let mut i = 0;
+    while i < body.len() {
+        out.push(body[i]);
+        i += if body[i] == 0 { 2 } else { 1 };
+    }
+    out
+}
+
+
+    #[test]
+    fn escaping_preserves_order_and_is_prefix_free() {
+        let keys: Vec<&[u8]> = vec![b"", b"\0", b"\0\0", b"\0\x01", b"a", b"a\0", b"a\0b", b"a\x01", b"ab", b"b"];
+        for w in keys.windows(2) {
+            assert!(escape_key(w[0]) < escape_key(w[1]), "{:?} < {:?}", w[0], w[1]);
+            assert!(index_key(w[0], i64::MAX) < index_key(w[1], 0));
+        }
+        for k in keys {
+            assert_eq!(unescape_key(&escape_key(k)), k);
+            let ik = index_key(k, 42);
+            let (esc, rev) = split_index_key(&ik);
+            assert_eq!((unescape_key(esc).as_slice(), rev), (k, 42));
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! The RocksDB-backed state: the MVCC key-value store, the cluster's members,
+//! and the Raft log (in `log`). This is the only module that knows RocksDB.
+
+mod apply;
+mod keys;
+pub mod log;
+pub mod types;
+mod view;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+
+use keys::{decode_i64, META_COMPACT_REVISION, META_REVISION};
+use types::{Command, CommandResult, KvError, MemberInfo, Op, OpResult, RangeArgs, RangeResult, TxnArgs};
+use view::{db_error, decode, View};
+
+pub use apply::check_duplicate_keys;
+
+/// Column family names of the state database.
+struct Cfs;
+
+impl Cfs {
+    const LATEST: &'static str = "latest";
+    const HISTORY: &'static str = "history";
+    const INDEX: &'static str = "index";
+    const META: &'static str = "meta";
+    const ALL: [&'static str; 4] = [Self::LATEST, Self::HISTORY, Self::INDEX, Self::META];
+
+    fn handle<'d>(db: &'d DB, name: &str) -> &'d rocksdb::ColumnFamily {
+        db.cf_handle(name).expect("column families are created at open")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("state database {path}: {source}")]
+pub struct OpenError {
+    path: String,
+    source: rocksdb::Error,
+}
+
+pub struct Store {
+    db: DB,
+    revision: AtomicI64,
+    compact_revision: AtomicI64,
+}
+
+impl Store {
+    pub fn open(dir: &Path) -> Result<Store, OpenError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let cfs = Cfs::ALL.iter().map(|n| ColumnFamilyDescriptor::new(*n, opts.clone()));
+        let db = DB::open_cf_descriptors(&opts, dir, cfs)
+            .map_err(|source| OpenError { path: dir.display().to_string(), source })?;
+        let store = Store { db, revision: AtomicI64::new(0), compact_revision: AtomicI64::new(0) };
+        store.load_revisions();
+        Ok(store)
+    }
+
+    fn meta_i64(&self, key: &[u8]) -> i64 {
+        self.get_meta(key).map_or(0, |v| decode_i64(&v))
+    }
+
+    fn load_revisions(&self) {
+        // A fresh store is at revision 1, as etcd's is.
+        self.revision.store(self.meta_i64(META_REVISION).max(1), Ordering::SeqCst);
+        self.compact_revision.store(self.meta_i64(META_COMPACT_REVISION), Ordering::SeqCst);
+    }
+
+    pub fn revision(&self) -> i64 {
+        self.revision.load(Ordering::SeqCst)
+    }
+
+    pub fn compact_revision(&self) -> i64 {
+        self.compact_revision.load(Ordering::SeqCst)
+    }
+
+    fn get_meta(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.db.get_cf(Cfs::handle(&self.db, Cfs::META), key).ok().flatten()
+    }
+
+    /// A consistent view at the current revision. The revision is read inside
+    /// the snapshot so it always matches what the view sees.
+    fn snapshot_view(&self) -> Result<View<'_>, KvError> {
+        let snapshot = self.db.snapshot();
+        let meta = Cfs::handle(&self.db, Cfs::META);
+        let read = |k: &[u8]| -> Result<i64, KvError> {
+            Ok(snapshot.get_cf(meta, k).map_err(db_error)?.map_or(0, |v| decode_i64(&v)))
+        };
+        let revision = read(META_REVISION)?.max(1);
+        let compact_revision = read(META_COMPACT_REVISION)?;
+        Ok(View { db: &self.db, snapshot: Some(snapshot), overlay: Default::default(), revision, compact_revision })
+    }
+
+    /// A Range at the local applied state; returns the result and the revision it was read at.
+    pub fn range(&self, args: &RangeArgs) -> Result<(RangeResult, i64), KvError> {
+        let view = self.snapshot_view()?;
+        let result = view.range(args)?;
+        Ok((result, view.revision))
+    }
+
+    /// A Txn whose branches only read, evaluated on the local applied state.
+    pub fn read_txn(&self, args: &TxnArgs) -> Result<(OpResult, i64), KvError> {
+        let mut exec = apply::Execution::new(self.snapshot_view()?);
+        let result = exec.execute(&Op::Txn(args.clone()))?;
+        Ok((result, exec.revision()))
+    }
+
+    /// Applies one committed command and records `raft_state` (the Raft
+    /// layer's applied log id and membership) in the same atomic write.
+    pub fn apply(&self, command: Option<&Command>, raft_state: &[u8]) -> Result<CommandResult, KvError> {
+        let view = View {
+            db: &self.db,
+            snapshot: None,
+            overlay: Default::default(),
+            revision: self.revision(),
+            compact_revision: self.compact_revision(),
+        };
+        let mut exec = apply::Execution::new(view);
+        let outcome = match command {
+            // Blank and membership entries only move the applied log id.
+            None => Ok(OpResult::Done),
+            Some(Command::Write(op)) => exec.execute(op),
+            Some(Command::Compact { revision, .. }) => exec.compact(*revision).map(|()| OpResult::Done),
+            Some(Command::PublishMember(member)) => {
+                exec.batch.put_cf(Cfs::handle(&self.db, Cfs::META), keys::member_key(member.id), keys::encode(member));
+                Ok(OpResult::Done)
+            }
+        };
+        if outcome.is_err() {
+            // A failed command changes nothing but the applied log id.
+            exec.discard();
+        }
+        exec.finish();
+        let revision = exec.revision();
+        let mut batch = std::mem::take(&mut exec.batch);
+        batch.put_cf(Cfs::handle(&self.db, Cfs::META), keys::META_RAFT_APPLIED, raft_state);
+        self.write(batch)?;
+        self.revision.store(revision, Ordering::SeqCst);
+        if let Some(Command::Compact { revision: c, .. }) = command {
+            if outcome.is_ok() {
+                self.compact_revision.store(*c, Ordering::SeqCst);
+            }
+        }
+        Ok(CommandResult { revision, outcome })
+    }
+
+    fn write(&self, batch: WriteBatch) -> Result<(), KvError> {
+        // Not fsynced: the Raft log is, and replays what a crash loses here.
+        let mut wo = WriteOptions::default();
+        wo.set_sync(false);
+        self.db.write_opt(batch, &wo).map_err(db_error)
+    }
+
+    /// The Raft layer's applied state as last recorded by `apply`.
+    pub fn raft_applied(&self) -> Option<Vec<u8>> {
+        self.get_meta(keys::META_RAFT_APPLIED)
+    }
+
+    pub fn members(&self) -> Vec<MemberInfo> {
+        let meta = Cfs::handle(&self.db, Cfs::META);
+        self.db
+            .prefix_iterator_cf(meta, keys::MEMBER_PREFIX)
+            .map_while(|item| item.ok())
+            .take_while(|(k, _)| k.starts_with(keys::MEMBER_PREFIX))
+            .filter_map(|(_, v)| decode(&v).ok())
+            .collect()
+    }
+
+    /// This member's (member id, cluster id), recorded when it was bootstrapped.
+    pub fn identity(&self) -> Option<(u64, u64)> {
+        self.get_meta(keys::META_IDENTITY).and_then(|v| decode(&v).ok())
+    }
+
+    /// Records the identity once, durably, when the member is first bootstrapped.
+    pub fn set_identity(&self, member_id: u64, cluster_id: u64) -> Result<(), KvError> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(Cfs::handle(&self.db, Cfs::META), keys::META_IDENTITY, keys::encode(&(member_id, cluster_id)));
+        self.write(batch)?;
+        self.db.flush_wal(true).map_err(db_error)
+    }
+
+    /// Bytes on disk (SST files plus memtables), for Status and the space quota.
+    pub fn size_bytes(&self) -> u64 {
+        let prop = |name: &str| -> u64 {
+            Cfs::ALL
+                .iter()
+                .filter_map(|cf| self.db.property_int_value_cf(Cfs::handle(&self.db, cf), name).ok().flatten())
+                .sum()
+        };
+        prop("rocksdb.total-sst-files-size") + prop("rocksdb.cur-size-all-mem-tables")
+    }
+
+    /// Serializes the whole state (every column family) for a Raft snapshot;
+    /// returns it with the Raft applied state it corresponds to.
+    pub fn export(&self) -> Result<(Vec<u8>, Option<Vec<u8>>), KvError> {
+        let snapshot = self.db.snapshot();
+        let mut rows: Vec<(u8, Vec<u8>, Vec<u8>)> = Vec::new();
+        for (i, name) in Cfs::ALL.iter().enumerate() {
+            for item in snapshot.iterator_cf(Cfs::handle(&self.db, name), IteratorMode::Start) {
+                let (k, v) = item.map_err(db_error)?;
+                rows.push((i as u8, k.to_vec(), v.to_vec()));
+            }
+        }
+        let raft_state =
+            snapshot.get_cf(Cfs::handle(&self.db, Cfs::META), keys::META_RAFT_APPLIED).map_err(db_error)?;
+        Ok((keys::encode(&rows), raft_state))
+    }
+
+    /// Replaces the whole state with an exported one (a snapshot from the leader).
+    pub fn import(&self, data: &[u8], raft_state: &[u8]) -> Result<(), KvError> {
+        let rows: Vec<(u8, Vec<u8>, Vec<u8>)> = decode(data)?;
+        // Who this member is stays; everything else comes from the leader.
+        let identity = self.get_meta(keys::META_IDENTITY);
+        let mut batch = WriteBatch::default();
+        for name in Cfs::ALL {
+            let cf = Cfs::handle(&self.db, name);
+            batch.delete_range_cf(cf, Vec::<u8>::new(), vec![0xFFu8; 64]);
+        }
+        for (i, k, v) in rows {
+            let name = Cfs::ALL.get(i as usize).ok_or_else(|| KvError::Internal("bad snapshot".into()))?;
+            batch.put_cf(Cfs::handle(&self.db, name), k, v);
+        }
+        let meta = Cfs::handle(&self.db, Cfs::META);
+        if let Some(id) = identity {
+            batch.put_cf(meta, keys::META_IDENTITY, id);
+        }
+        batch.put_cf(meta, keys::META_RAFT_APPLIED, raft_state);
+        self.write(batch)?;
+        self.db.flush_wal(true).map_err(db_error)?;
+        self.load_revisions();
+        Ok(())
+    }
+}
