@@ -26,7 +26,6 @@ fn main() -> ExitCode {
     match runtime.block_on(cairn::server::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "cairn stopped");
             eprintln!("cairn: {e:#}");
             ExitCode::FAILURE
         }

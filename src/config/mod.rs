@@ -232,7 +232,8 @@ impl Config {
         }
         check_environment(&mut notices)?;
         figment = figment.merge(Env::prefixed(ENV_PREFIX).filter_map(|k| {
-            let key = k.as_str().replace('_', "-");
+            // figment lowercases only after this filter runs.
+            let key = k.as_str().to_lowercase().replace('_', "-");
             (flags::SUPPORTED.contains(&key.as_str()) && key != "config-file").then(|| key.into())
         }));
         for key in flag_values.keys() {

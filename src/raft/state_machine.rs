@@ -121,7 +121,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         tokio::task::spawn_blocking(move || {
             let state = encode(&(meta.last_log_id, &meta.last_membership));
             store.import(&data, &state).map_err(|e| sm_error(ErrorVerb::Write, e))?;
-            StateMachine::write_snapshot_file(&path, &meta, &data).map_err(|e| sm_error(ErrorVerb::Write, e))
+            StateMachine::write_snapshot_file(&path, &meta, &data).map_err(|e| sm_error(ErrorVerb::Write, e))?;
+            tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "installed snapshot from the leader");
+            Ok(())
         })
         .await
         .map_err(|e| sm_error(ErrorVerb::Write, e))?

@@ -41,8 +41,25 @@ async fn stop_requested() {
     }
 }
 
+/// The initial cluster and this member's place in it, for a member that
+/// has no data yet.
+fn bootstrap_plan(config: &Config) -> Result<(InitialCluster, u64), ConfigError> {
+    if config.initial_cluster_state == ClusterState::Existing {
+        return Err(ConfigError::new(
+            "--initial-cluster-state existing with an empty data dir needs `member add`, which cairn does not support yet",
+        ));
+    }
+    let cluster = InitialCluster::from_static(&config.initial_cluster, &config.initial_cluster_token)?;
+    let id = cluster.member(&config.name, &config.initial_advertise_peer_urls)?.id;
+    Ok((cluster, id))
+}
+
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let member_dir = config.data_dir.join("member");
+    if !member_dir.exists() {
+        // Refuse a bad bootstrap before leaving anything on disk.
+        bootstrap_plan(&config)?;
+    }
     let snap_dir = member_dir.join("snap");
     let wal_dir = config.wal_dir.clone().unwrap_or_else(|| member_dir.join("wal"));
     for dir in [&snap_dir, &wal_dir] {
@@ -57,15 +74,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             (member_id, cluster_id, None)
         }
         None => {
-            if config.initial_cluster_state == ClusterState::Existing {
-                return Err(ConfigError::new(
-                    "--initial-cluster-state existing with an empty data dir needs `member add`, which cairn does not support yet",
-                )
-                .into());
-            }
-            let cluster = InitialCluster::from_static(&config.initial_cluster, &config.initial_cluster_token)?;
-            let me = cluster.member(&config.name, &config.initial_advertise_peer_urls)?.clone();
-            (me.id, cluster.cluster_id, Some(cluster))
+            let (cluster, member_id) = bootstrap_plan(&config)?;
+            (member_id, cluster.cluster_id, Some(cluster))
         }
     };
 

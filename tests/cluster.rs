@@ -1,0 +1,239 @@
+//! Three-member static clusters: forwarding, reads from every member, and
+//! kill -9 of the leader (and of everyone) without losing acknowledged writes.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{client, etcdctl, etcdctl_ok, runtime, three_member_cluster, three_member_cluster_with, Member};
+use etcd_client::{GetOptions, StatusResponse};
+
+fn endpoints(members: &[Member]) -> String {
+    members.iter().map(Member::endpoint).collect::<Vec<_>>().join(",")
+}
+
+async fn status_of(m: &Member) -> Option<StatusResponse> {
+    let mut c = etcd_client::Client::connect([m.endpoint()], None).await.ok()?;
+    c.status().await.ok()
+}
+
+/// Index of the member that is leader, as the members themselves report it.
+async fn leader_index(members: &[Member]) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        for (i, m) in members.iter().enumerate().filter(|(_, m)| m.is_running()) {
+            if let Some(s) = status_of(m).await {
+                if s.leader() != 0 && s.leader() == s.header().unwrap().member_id() {
+                    return i;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader elected");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every key written must read back, serializably, from member `m` (once it caught up).
+async fn assert_has_all(m: &Member, acked: &BTreeMap<String, String>) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut c = client(&[m.endpoint()]).await;
+    loop {
+        let got = c.get("w/", Some(GetOptions::new().with_prefix().with_serializable())).await;
+        if let Ok(got) = got {
+            let present: BTreeMap<String, String> =
+                got.kvs().iter().map(|kv| (kv.key_str().unwrap().into(), kv.value_str().unwrap().into())).collect();
+            if acked.iter().all(|(k, v)| present.get(k) == Some(v)) {
+                return;
+            }
+            if Instant::now() > deadline {
+                let missing: Vec<_> = acked.keys().filter(|k| !present.contains_key(*k)).collect();
+                panic!("{} is missing acknowledged writes {missing:?}", m.name);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[test]
+fn static_cluster_with_etcd_guide_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let members = three_member_cluster(dir.path());
+    let eps = endpoints(&members);
+
+    let health = etcdctl(&eps, &["endpoint", "health"]);
+    let text = String::from_utf8_lossy(&health.stdout).to_string() + &String::from_utf8_lossy(&health.stderr);
+    assert!(health.status.success(), "{text}");
+    assert_eq!(text.matches("is healthy").count(), 3, "{text}");
+
+    let list = etcdctl_ok(&members[0].endpoint(), &["member", "list"]);
+    for m in &members {
+        assert!(list.contains(&format!(", started, {}, {}, {}, false", m.name, m.peer_url, m.client_url)), "{list}");
+    }
+    let status = etcdctl_ok(&eps, &["endpoint", "status", "-w", "json"]);
+    assert_eq!(status.matches("\"leader\":").count(), 3);
+
+    // A write through each member is read (linearizably) from every member.
+    for (i, writer) in members.iter().enumerate() {
+        assert_eq!(etcdctl_ok(&writer.endpoint(), &["put", &format!("via{i}"), &writer.name]).trim(), "OK");
+        for reader in &members {
+            let got = etcdctl_ok(&reader.endpoint(), &["get", &format!("via{i}"), "--print-value-only"]);
+            assert_eq!(got.trim(), writer.name, "read from {}", reader.name);
+        }
+    }
+
+    runtime().block_on(async {
+        let mut c = client(&[members[2].endpoint()]).await;
+        let put = c.put("hdr", "x", None).await.unwrap();
+        let h = put.header().unwrap();
+        assert!(h.cluster_id() != 0 && h.member_id() != 0);
+        let ids: Vec<u64> = {
+            let mut ids = Vec::new();
+            for m in &members {
+                ids.push(status_of(m).await.unwrap().header().unwrap().member_id());
+            }
+            ids
+        };
+        assert_eq!(ids.iter().collect::<std::collections::BTreeSet<_>>().len(), 3, "distinct member ids");
+    });
+}
+
+/// Writes through every live member until stopped; records what was acknowledged.
+fn spawn_writer(
+    rt: &tokio::runtime::Runtime,
+    eps: Vec<String>,
+    acked: Arc<Mutex<BTreeMap<String, String>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<usize> {
+    rt.spawn(async move {
+        let mut clients = Vec::new();
+        for ep in &eps {
+            clients.push(etcd_client::Client::connect([ep.clone()], None).await.unwrap());
+        }
+        let mut attempts = 0;
+        let mut i = 0usize;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let key = format!("w/{i:06}");
+            let c = &mut clients[i % eps.len()];
+            attempts += 1;
+            let put = tokio::time::timeout(Duration::from_secs(3), c.put(key.clone(), format!("v{i}"), None)).await;
+            if let Ok(Ok(_)) = put {
+                acked.lock().unwrap().insert(key, format!("v{i}"));
+            }
+            i += 1;
+        }
+        attempts
+    })
+}
+
+#[test]
+fn leader_kill9_loses_no_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut members = three_member_cluster(dir.path());
+    let rt = runtime();
+    let acked = Arc::new(Mutex::new(BTreeMap::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let eps: Vec<String> = members.iter().map(Member::endpoint).collect();
+    let writer = spawn_writer(&rt, eps, acked.clone(), stop.clone());
+
+    std::thread::sleep(Duration::from_millis(800));
+    let old_leader = rt.block_on(leader_index(&members));
+    let before = acked.lock().unwrap().len();
+    assert!(before > 0, "writes were acknowledged before the kill");
+    let killed_at = Instant::now();
+    members[old_leader].kill9();
+
+    // A new leader among the survivors, within a few election timeouts.
+    let new_leader = rt.block_on(leader_index(&members));
+    let elected_in = killed_at.elapsed();
+    assert_ne!(new_leader, old_leader);
+    assert!(elected_in < Duration::from_secs(6), "election took {elected_in:?}");
+
+    // Writes go on through the survivors.
+    let resumed = Instant::now();
+    while acked.lock().unwrap().len() < before + 20 {
+        assert!(resumed.elapsed() < Duration::from_secs(15), "writes did not resume after the leader died");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // The killed member restarts from its data dir and catches up.
+    members[old_leader].start();
+    members[old_leader].wait_healthy(Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let attempts = rt.block_on(writer).unwrap();
+    let acked = acked.lock().unwrap().clone();
+    eprintln!("{} of {attempts} writes acknowledged; new leader elected in {elected_in:?}", acked.len());
+    for m in &members {
+        rt.block_on(assert_has_all(m, &acked));
+    }
+
+    // Kill -9 of all three, restart: still every acknowledged write, everywhere.
+    members.iter_mut().for_each(Member::kill9);
+    members.iter_mut().for_each(Member::start);
+    members.iter().for_each(|m| m.wait_healthy(Duration::from_secs(20)));
+    for m in &members {
+        rt.block_on(assert_has_all(m, &acked));
+    }
+    let eps = endpoints(&members);
+    assert_eq!(etcdctl_ok(&eps, &["put", "after-restart", "ok"]).trim(), "OK");
+}
+
+#[test]
+fn follower_reads_are_linearizable() {
+    let dir = tempfile::tempdir().unwrap();
+    let members = three_member_cluster(dir.path());
+    let rt = runtime();
+    rt.block_on(async {
+        let leader = leader_index(&members).await;
+        let followers: Vec<&Member> = members.iter().enumerate().filter(|(i, _)| *i != leader).map(|(_, m)| m).collect();
+        let mut w = client(&[members[leader].endpoint()]).await;
+        let mut r = client(&[followers[0].endpoint()]).await;
+        // Each read right after an acknowledged write (to another member) must see it.
+        for i in 0..200 {
+            let v = format!("{i}");
+            w.put("lin", v.clone(), None).await.unwrap();
+            let got = r.get("lin", None).await.unwrap();
+            assert_eq!(got.kvs()[0].value_str().unwrap(), v, "stale read at step {i}");
+            // A compare-only txn is linearizable too.
+            let txn = etcd_client::Txn::new().when([etcd_client::Compare::value("lin", etcd_client::CompareOp::Equal, v.clone())]);
+            assert!(r.txn(txn).await.unwrap().succeeded(), "stale compare at step {i}");
+        }
+    });
+}
+
+/// A member that was down while the others compacted their Raft logs catches
+/// up from a snapshot.
+#[test]
+fn lagging_member_catches_up_from_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut members = three_member_cluster_with(dir.path(), &["--snapshot-count", "20"]);
+    let rt = runtime();
+    let leader = rt.block_on(leader_index(&members));
+    let lagging = (leader + 1) % 3;
+    members[lagging].kill9();
+    let mut acked = BTreeMap::new();
+    rt.block_on(async {
+        let mut c = client(&[members[leader].endpoint()]).await;
+        for i in 0..300 {
+            let (k, v) = (format!("w/{i:04}"), format!("v{i}"));
+            c.put(k.clone(), v.clone(), None).await.unwrap();
+            acked.insert(k, v);
+        }
+        c.delete("w/0000", None).await.unwrap();
+        acked.remove("w/0000");
+    });
+    members[lagging].start();
+    members[lagging].wait_healthy(Duration::from_secs(20));
+    rt.block_on(assert_has_all(&members[lagging], &acked));
+    rt.block_on(async {
+        let mut c = client(&[members[lagging].endpoint()]).await;
+        let got = c.get("w/0000", Some(GetOptions::new().with_serializable())).await.unwrap();
+        assert!(got.kvs().is_empty(), "the delete came with the snapshot");
+        let leader_rev = client(&[members[leader].endpoint()]).await.get("w/", None).await.unwrap().header().unwrap().revision();
+        assert_eq!(got.header().unwrap().revision(), leader_rev, "same revision on the caught-up member");
+    });
+    let log = std::fs::read_to_string(dir.path().join(format!("m{}.log", lagging + 1))).unwrap();
+    assert!(log.contains("installed snapshot from the leader"), "caught up through a snapshot:\n{log}");
+}

@@ -1,0 +1,201 @@
+//! Real cairn processes on real loopback ports, and the real etcdctl.
+#![allow(dead_code)] // each test binary uses its own part of these helpers
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const CAIRN: &str = env!("CARGO_BIN_EXE_cairn");
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub struct Member {
+    pub name: String,
+    pub client_url: String,
+    pub peer_url: String,
+    pub data_dir: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Member {
+    /// A member of a static cluster, started with the flags of etcd's clustering guide.
+    pub fn clustered(dir: &Path, name: &str, client_port: u16, peer_port: u16, initial_cluster: &str) -> Member {
+        let client_url = format!("http://127.0.0.1:{client_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let data_dir = dir.join(format!("{name}.etcd"));
+        let args = [
+            "--name", name,
+            "--data-dir", data_dir.to_str().unwrap(),
+            "--initial-advertise-peer-urls", &peer_url,
+            "--listen-peer-urls", &peer_url,
+            "--listen-client-urls", &client_url,
+            "--advertise-client-urls", &client_url,
+            "--initial-cluster", initial_cluster,
+            "--initial-cluster-state", "new",
+            "--initial-cluster-token", "cairn-test-cluster",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        Member { name: name.into(), client_url, peer_url, data_dir, args, child: None, log: dir.join(format!("{name}.log")) }
+    }
+
+    /// Adds flags for the next start.
+    pub fn with_args(mut self, extra: &[&str]) -> Member {
+        self.args.extend(extra.iter().map(|s| s.to_string()));
+        self
+    }
+
+    /// A single member on fresh ports.
+    pub fn single(dir: &Path, name: &str) -> Member {
+        let (c, p) = (free_port(), free_port());
+        let cluster = format!("{name}=http://127.0.0.1:{p}");
+        Member::clustered(dir, name, c, p, &cluster)
+    }
+
+    pub fn endpoint(&self) -> String {
+        self.client_url.trim_start_matches("http://").to_string()
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} already running", self.name);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(CAIRN)
+            .args(&self.args)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting cairn");
+        self.child = Some(child);
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Waits until `/health` says true.
+    pub fn wait_healthy(&self, within: Duration) {
+        wait_healthy_at(&self.endpoint(), within, &self.log);
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A child process killed when the test ends, passed or not.
+pub struct Proc(pub Child);
+
+impl Proc {
+    /// SIGTERM, then the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").arg("-TERM").arg(self.0.id().to_string()).status();
+        self.0.wait().unwrap()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `/health` on `endpoint` until it says true; panics with `log` otherwise.
+pub fn wait_healthy_at(endpoint: &str, within: Duration, log: &Path) {
+    let deadline = Instant::now() + within;
+    while http_get(endpoint, "/health").is_none_or(|b| !b.contains("\"health\":\"true\"")) {
+        assert!(Instant::now() < deadline, "{endpoint} not healthy within {within:?}; log:\n{}", std::fs::read_to_string(log).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A minimal HTTP/1.1 GET; returns the body of a response of any status.
+pub fn http_get(endpoint: &str, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(endpoint).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {endpoint}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+}
+
+/// Runs Debian's etcdctl (v3 API) against `endpoints`.
+pub fn etcdctl(endpoints: &str, args: &[&str]) -> Output {
+    etcdctl_stdin(endpoints, args, "")
+}
+
+pub fn etcdctl_stdin(endpoints: &str, args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoints}"))
+        .arg("--command-timeout=10s")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("etcdctl not found: apt-get install etcd-client");
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// etcdctl that must succeed; returns its stdout.
+pub fn etcdctl_ok(endpoints: &str, args: &[&str]) -> String {
+    let out = etcdctl(endpoints, args);
+    assert!(
+        out.status.success(),
+        "etcdctl {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap()
+}
+
+pub async fn client(endpoints: &[String]) -> etcd_client::Client {
+    etcd_client::Client::connect(endpoints, None).await.expect("connecting etcd-client")
+}
+
+/// Three members of a static cluster on fresh ports, started.
+pub fn three_member_cluster(dir: &Path) -> Vec<Member> {
+    three_member_cluster_with(dir, &[])
+}
+
+pub fn three_member_cluster_with(dir: &Path, extra: &[&str]) -> Vec<Member> {
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let cluster = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, p))| format!("m{}=http://127.0.0.1:{p}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut members: Vec<Member> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (c, p))| Member::clustered(dir, &format!("m{}", i + 1), *c, *p, &cluster).with_args(extra))
+        .collect();
+    members.iter_mut().for_each(Member::start);
+    members.iter().for_each(|m| m.wait_healthy(Duration::from_secs(20)));
+    members
+}
