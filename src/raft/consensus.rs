@@ -12,6 +12,7 @@ use openraft::metrics::RaftMetrics;
 use openraft::{Config, SnapshotPolicy};
 
 use super::network::{CallError, Method, Peers};
+use super::proposer::Proposer;
 use super::{LogStore, PeerNode, PeerRefusal, PeerService, Raft, StateMachine};
 use crate::store::log::LogDb;
 use crate::store::types::{Command, CommandResult, KvError};
@@ -26,6 +27,7 @@ pub struct RaftSettings {
 
 pub struct Consensus {
     raft: Raft,
+    proposer: Proposer,
     member_id: u64,
     peers: Peers,
     request_timeout: Duration,
@@ -67,7 +69,8 @@ impl Consensus {
         .await?;
         // etcd's request timeout: 5 s plus two election timeouts.
         let request_timeout = Duration::from_millis(5000 + 2 * settings.election_ms);
-        Ok(Consensus { raft, member_id, peers, request_timeout })
+        let proposer = Proposer::start(raft.clone());
+        Ok(Consensus { raft, proposer, member_id, peers, request_timeout })
     }
 
     /// Forms a new cluster from the initial members. Every member of a new
@@ -84,7 +87,7 @@ impl Consensus {
     }
 
     pub fn peer_service(&self) -> PeerService {
-        PeerService::new(self.raft.clone())
+        PeerService::new(self.raft.clone(), self.proposer.clone())
     }
 
     pub fn member_id(&self) -> u64 {
@@ -124,10 +127,10 @@ impl Consensus {
             let command = command.clone();
             async move {
                 if leader == self.member_id {
-                    return match self.raft.client_write(command).await {
-                        Ok(r) => Attempt::Done(Ok(r.data)),
-                        Err(e) if e.forward_to_leader().is_some() => Attempt::Retry,
-                        Err(e) => Attempt::Done(Err(KvError::Internal(e.to_string()))),
+                    return match self.proposer.propose(command).await {
+                        Ok(result) => Attempt::Done(Ok(result)),
+                        Err(PeerRefusal::NotLeader(_)) => Attempt::Retry,
+                        Err(PeerRefusal::Failed(m)) => Attempt::Done(Err(KvError::Internal(m))),
                     };
                 }
                 let Some(node) = self.leader_node(leader) else { return Attempt::Retry };

@@ -6,6 +6,7 @@ mod consensus;
 mod log_store;
 pub mod network;
 mod peer_service;
+mod proposer;
 mod state_machine;
 
 use std::fmt;
@@ -35,8 +36,9 @@ impl fmt::Display for PeerNode {
 
 openraft::declare_raft_types!(
     pub TypeConfig:
-        D = Command,
-        R = CommandResult,
+        // One entry carries the commands gathered for one group commit.
+        D = Vec<Command>,
+        R = Vec<CommandResult>,
         NodeId = u64,
         Node = PeerNode,
         Entry = openraft::Entry<TypeConfig>,
@@ -56,6 +58,18 @@ pub enum PeerRefusal {
     /// Not the leader (any more); the hint names who is, if known.
     NotLeader(Option<u64>),
     Failed(String),
+}
+
+impl PeerRefusal {
+    pub fn from_raft_error<E>(e: openraft::error::RaftError<u64, E>) -> PeerRefusal
+    where
+        E: fmt::Debug + fmt::Display + openraft::TryAsRef<openraft::error::ForwardToLeader<u64, PeerNode>>,
+    {
+        match e.forward_to_leader() {
+            Some(f) => PeerRefusal::NotLeader(f.leader_id),
+            None => PeerRefusal::Failed(e.to_string()),
+        }
+    }
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {

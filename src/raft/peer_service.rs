@@ -5,16 +5,18 @@ use tonic::{Request, Response, Status};
 
 use super::peerpb::peer_server::Peer;
 use super::peerpb::Payload;
+use super::proposer::Proposer;
 use super::{decode, encode, PeerRefusal, Raft};
 use crate::store::types::{Command, CommandResult};
 
 pub struct PeerService {
     raft: Raft,
+    proposer: Proposer,
 }
 
 impl PeerService {
-    pub fn new(raft: Raft) -> PeerService {
-        PeerService { raft }
+    pub fn new(raft: Raft, proposer: Proposer) -> PeerService {
+        PeerService { raft, proposer }
     }
 }
 
@@ -24,16 +26,6 @@ fn payload<T: serde::de::DeserializeOwned>(req: Request<Payload>) -> Result<T, S
 
 fn reply<T: serde::Serialize>(value: &T) -> Result<Response<Payload>, Status> {
     Ok(Response::new(Payload { data: encode(value) }))
-}
-
-fn refusal<E>(e: openraft::error::RaftError<u64, E>) -> PeerRefusal
-where
-    E: std::fmt::Debug + std::fmt::Display + openraft::TryAsRef<openraft::error::ForwardToLeader<u64, super::PeerNode>>,
-{
-    match e.forward_to_leader() {
-        Some(f) => PeerRefusal::NotLeader(f.leader_id),
-        None => PeerRefusal::Failed(e.to_string()),
-    }
 }
 
 #[tonic::async_trait]
@@ -52,8 +44,7 @@ impl Peer for PeerService {
 
     async fn forward(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
         let command: Command = payload(req)?;
-        let result: Result<CommandResult, PeerRefusal> =
-            self.raft.client_write(command).await.map(|r| r.data).map_err(refusal);
+        let result: Result<CommandResult, PeerRefusal> = self.proposer.propose(command).await;
         reply(&result)
     }
 
@@ -63,7 +54,7 @@ impl Peer for PeerService {
             .get_read_log_id()
             .await
             .map(|(read, _applied)| read.map_or(0, |id| id.index))
-            .map_err(refusal);
+            .map_err(PeerRefusal::from_raft_error);
         reply(&result)
     }
 }

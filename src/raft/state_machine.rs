@@ -10,7 +10,7 @@ use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageError, StorageIOError};
 
 use super::{decode, encode, LogId, PeerNode, StoredMembership, TypeConfig};
-use crate::store::types::CommandResult;
+use crate::store::types::{CommandResult, KvError};
 use crate::store::Store;
 
 type Meta = SnapshotMeta<u64, PeerNode>;
@@ -76,28 +76,56 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.raft_state()
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError<u64>>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<CommandResult>>, StorageError<u64>>
     where
         I: IntoIterator<Item = openraft::Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
         let entries: Vec<_> = entries.into_iter().collect();
-        let (_, mut membership) = self.raft_state()?;
+        let (applied, mut membership) = self.raft_state()?;
         let store = self.store.clone();
         // One hop to a blocking thread per batch: RocksDB work stays off the async workers.
         tokio::task::spawn_blocking(move || {
+            let write_error = |e| sm_error(ErrorVerb::Write, e);
+            let mut applied_state = encode(&(applied, &membership));
             let mut results = Vec::with_capacity(entries.len());
             for entry in entries {
-                let command = match entry.payload {
-                    EntryPayload::Normal(command) => Some(command),
+                let log_id = entry.log_id;
+                let commands = match entry.payload {
+                    EntryPayload::Normal(commands) => commands,
                     EntryPayload::Membership(m) => {
-                        membership = StoredMembership::new(Some(entry.log_id), m);
-                        None
+                        membership = StoredMembership::new(Some(log_id), m);
+                        Vec::new()
                     }
-                    EntryPayload::Blank => None,
+                    EntryPayload::Blank => Vec::new(),
                 };
-                let state = encode(&(Some(entry.log_id), &membership));
-                results.push(store.apply(command.as_ref(), &state).map_err(|e| sm_error(ErrorVerb::Write, e))?);
+                let done_state = encode(&(Some(log_id), &membership));
+                let mut outcomes = Vec::with_capacity(commands.len());
+                if commands.is_empty() {
+                    store.apply(None, &done_state, None).map_err(write_error)?;
+                }
+                // Each command is its own atomic write; until the last one the
+                // entry counts as not applied, and `progress` says how far it
+                // got, so a crash mid-entry neither loses nor repeats a command.
+                let resume_at = resume_point(&store, log_id);
+                for (i, command) in commands.iter().enumerate() {
+                    if i < resume_at {
+                        outcomes.push(CommandResult {
+                            revision: store.revision(),
+                            outcome: Err(KvError::Internal("applied before a restart".into())),
+                        });
+                        continue;
+                    }
+                    let finished = i + 1 == commands.len();
+                    let result = if finished {
+                        store.apply(Some(command), &done_state, None)
+                    } else {
+                        store.apply(Some(command), &applied_state, Some(&encode(&(log_id, i + 1))))
+                    };
+                    outcomes.push(result.map_err(write_error)?);
+                }
+                results.push(outcomes);
+                applied_state = done_state;
             }
             Ok(results)
         })
@@ -138,4 +166,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let (meta, data): (Meta, Vec<u8>) = decode(&bytes).map_err(|e| sm_error(ErrorVerb::Read, e))?;
         Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
     }
+}
+
+/// How many commands of entry `log_id` were applied before a crash cut it short.
+fn resume_point(store: &Store, log_id: LogId) -> usize {
+    store
+        .entry_progress()
+        .and_then(|bytes| decode::<(LogId, usize)>(&bytes).ok())
+        .filter(|(id, _)| *id == log_id)
+        .map_or(0, |(_, done)| done)
 }

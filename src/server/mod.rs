@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 pub use node::{Header, Limits, Node};
 
@@ -125,9 +125,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let stop = wait_for(stop_rx.clone());
         servers.spawn(async move {
             tonic::transport::Server::builder()
-                .tcp_nodelay(true)
                 .add_service(service)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
+                .serve_with_incoming_shutdown(incoming(listener), stop)
                 .await
         });
     }
@@ -136,10 +135,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let stop = wait_for(stop_rx.clone());
         servers.spawn(async move {
             tonic::transport::Server::builder()
-                .tcp_nodelay(true)
                 .accept_http1(true)
                 .add_routes(routes)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
+                .serve_with_incoming_shutdown(incoming(listener), stop)
                 .await
         });
     }
@@ -163,6 +161,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     node.consensus.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Accepted connections with Nagle off: small gRPC frames must not wait for
+/// delayed ACKs (the builder's tcp_nodelay only covers listeners it binds).
+fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 async fn wait_for(mut stop: watch::Receiver<bool>) {

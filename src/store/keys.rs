@@ -94,6 +94,7 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 pub const META_REVISION: &[u8] = b"revision";
 pub const META_COMPACT_REVISION: &[u8] = b"compact_revision";
 pub const META_RAFT_APPLIED: &[u8] = b"raft_applied";
+pub const META_ENTRY_PROGRESS: &[u8] = b"entry_progress";
 pub const META_IDENTITY: &[u8] = b"identity";
 pub const MEMBER_PREFIX: &[u8] = b"member/";
 

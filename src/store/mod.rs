@@ -109,9 +109,15 @@ impl Store {
         Ok((result, exec.revision()))
     }
 
-    /// Applies one committed command and records `raft_state` (the Raft
-    /// layer's applied log id and membership) in the same atomic write.
-    pub fn apply(&self, command: Option<&Command>, raft_state: &[u8]) -> Result<CommandResult, KvError> {
+    /// Applies one committed command and records, in the same atomic write,
+    /// `raft_state` (the Raft layer's applied log id and membership) and
+    /// `progress` (how far into a multi-command entry it is, if not done).
+    pub fn apply(
+        &self,
+        command: Option<&Command>,
+        raft_state: &[u8],
+        progress: Option<&[u8]>,
+    ) -> Result<CommandResult, KvError> {
         let view = View {
             db: &self.db,
             snapshot: None,
@@ -137,7 +143,12 @@ impl Store {
         exec.finish();
         let revision = exec.revision();
         let mut batch = std::mem::take(&mut exec.batch);
-        batch.put_cf(Cfs::handle(&self.db, Cfs::META), keys::META_RAFT_APPLIED, raft_state);
+        let meta = Cfs::handle(&self.db, Cfs::META);
+        batch.put_cf(meta, keys::META_RAFT_APPLIED, raft_state);
+        match progress {
+            Some(p) => batch.put_cf(meta, keys::META_ENTRY_PROGRESS, p),
+            None => batch.delete_cf(meta, keys::META_ENTRY_PROGRESS),
+        }
         self.write(batch)?;
         self.revision.store(revision, Ordering::SeqCst);
         if let Some(Command::Compact { revision: c, .. }) = command {
@@ -158,6 +169,11 @@ impl Store {
     /// The Raft layer's applied state as last recorded by `apply`.
     pub fn raft_applied(&self) -> Option<Vec<u8>> {
         self.get_meta(keys::META_RAFT_APPLIED)
+    }
+
+    /// The `progress` recorded by the last `apply`, if it was mid-entry.
+    pub fn entry_progress(&self) -> Option<Vec<u8>> {
+        self.get_meta(keys::META_ENTRY_PROGRESS)
     }
 
     pub fn members(&self) -> Vec<MemberInfo> {

@@ -195,6 +195,24 @@ impl Op {
     }
 }
 
+impl Command {
+    /// Roughly how many bytes the command carries, to bound group commits.
+    pub fn payload_bytes(&self) -> usize {
+        fn op_bytes(op: &Op) -> usize {
+            match op {
+                Op::Range(r) => r.key.len() + r.range_end.len(),
+                Op::Put(p) => p.key.len() + p.value.len(),
+                Op::Delete(d) => d.key.len() + d.range_end.len(),
+                Op::Txn(t) => t.success.iter().chain(&t.failure).map(op_bytes).sum::<usize>() + 64 * t.compare.len(),
+            }
+        }
+        match self {
+            Command::Write(op) => op_bytes(op),
+            Command::Compact { .. } | Command::PublishMember(_) => 64,
+        }
+    }
+}
+
 impl TxnArgs {
     pub fn is_read_only(&self) -> bool {
         self.success.iter().chain(&self.failure).all(Op::is_read_only)

@@ -1,0 +1,50 @@
+//! A put load generator speaking the etcd v3 API, so cairn and etcd are
+//! measured with the same client: `put_bench ENDPOINT CLIENTS TOTAL VALUE_BYTES`.
+//! Prints one JSON line: throughput and latency percentiles.
+
+use std::time::{Duration, Instant};
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [endpoint, clients, total, value_bytes] = args.as_slice() else {
+        eprintln!("usage: put_bench ENDPOINT CLIENTS TOTAL VALUE_BYTES");
+        std::process::exit(2);
+    };
+    let clients: usize = clients.parse().expect("CLIENTS");
+    let total: usize = total.parse().expect("TOTAL");
+    let value = vec![b'x'; value_bytes.parse().expect("VALUE_BYTES")];
+    let per_client = total / clients;
+    let mut tasks = Vec::new();
+    let start = Instant::now();
+    for c in 0..clients {
+        let endpoint = endpoint.clone();
+        let value = value.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut client = etcd_client::Client::connect([endpoint], None).await.expect("connect");
+            let mut latencies = Vec::with_capacity(per_client);
+            for i in 0..per_client {
+                let key = format!("bench/{c:03}/{i:08}");
+                let t = Instant::now();
+                client.put(key, value.clone(), None).await.expect("put");
+                latencies.push(t.elapsed());
+            }
+            latencies
+        }));
+    }
+    let mut latencies: Vec<Duration> = Vec::with_capacity(total);
+    for t in tasks {
+        latencies.extend(t.await.expect("client task"));
+    }
+    let elapsed = start.elapsed();
+    latencies.sort();
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)].as_secs_f64() * 1e3;
+    println!(
+        "{{\"clients\":{clients},\"puts\":{},\"seconds\":{:.3},\"puts_per_sec\":{:.0},\"p50_ms\":{:.3},\"p99_ms\":{:.3}}}",
+        latencies.len(),
+        elapsed.as_secs_f64(),
+        latencies.len() as f64 / elapsed.as_secs_f64(),
+        pct(0.50),
+        pct(0.99)
+    );
+}

@@ -1,0 +1,79 @@
+//! Group commit for client writes. openraft 0.9 appends and fsyncs the log
+//! once per entry, waiting for each flush, so one entry per request would cost
+//! one fsync per request. Instead, commands that arrive while the previous
+//! entries are being committed are gathered into one entry (a proposal) and
+//! share its fsync.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use super::{PeerRefusal, Raft};
+use crate::store::types::{Command, CommandResult};
+
+/// At most this many commands, or this many payload bytes, go in one entry.
+const MAX_COMMANDS: usize = 1024;
+const MAX_BYTES: usize = 4 * 1024 * 1024;
+/// Entries being committed at once: one flushing while the one before applies.
+const IN_FLIGHT: usize = 2;
+
+struct Pending {
+    command: Command,
+    reply: oneshot::Sender<Result<CommandResult, PeerRefusal>>,
+}
+
+#[derive(Clone)]
+pub struct Proposer {
+    queue: mpsc::UnboundedSender<Pending>,
+}
+
+impl Proposer {
+    pub fn start(raft: Raft) -> Proposer {
+        let (queue, mut incoming) = mpsc::unbounded_channel::<Pending>();
+        tokio::spawn(async move {
+            let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+            while let Some(first) = incoming.recv().await {
+                let Ok(slot) = slots.clone().acquire_owned().await else { return };
+                // Everything that queued up while waiting for a slot joins this entry.
+                let mut bytes = first.command.payload_bytes();
+                let mut batch = vec![first];
+                while batch.len() < MAX_COMMANDS && bytes < MAX_BYTES {
+                    match incoming.try_recv() {
+                        Ok(p) => {
+                            bytes += p.command.payload_bytes();
+                            batch.push(p);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let raft = raft.clone();
+                tokio::spawn(async move {
+                    let (commands, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+                    match raft.client_write(commands).await {
+                        Ok(written) => {
+                            for (reply, result) in replies.into_iter().zip(written.data) {
+                                let _ = reply.send(Ok(result));
+                            }
+                        }
+                        Err(e) => {
+                            let refusal = PeerRefusal::from_raft_error(e);
+                            for reply in replies {
+                                let _ = reply.send(Err(refusal.clone()));
+                            }
+                        }
+                    }
+                    drop(slot);
+                });
+            }
+        });
+        Proposer { queue }
+    }
+
+    /// Commits one command on this member, which must be the leader.
+    pub async fn propose(&self, command: Command) -> Result<CommandResult, PeerRefusal> {
+        let stopped = || PeerRefusal::Failed("raft is shutting down".into());
+        let (reply, answer) = oneshot::channel();
+        self.queue.send(Pending { command, reply }).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
