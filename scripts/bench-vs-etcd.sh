@@ -7,8 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 total=${1:-20000}
 value_bytes=${2:-256}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/cairn-target}
-command -v etcd >/dev/null || { echo "needs etcd: apt-get install etcd-server" >&2; exit 1; }
+. scripts/cargo-env.sh
+scripts/setup-debian.sh
 cargo build --release --bin cairn --example put_bench >&2
 bin=$CARGO_TARGET_DIR/release
 work=$(mktemp -d)
