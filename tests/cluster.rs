@@ -157,7 +157,9 @@ fn leader_kill9_loses_no_acknowledged_write() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    // The killed member restarts from its data dir and catches up.
+    // The killed member restarts from its data dir and catches up; as etcd,
+    // it takes --initial-cluster-state existing on a restart.
+    members[old_leader].add_args(&["--initial-cluster-state", "existing"]);
     members[old_leader].start();
     members[old_leader].wait_healthy(Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(500));

@@ -46,9 +46,13 @@ impl Member {
         Member { name: name.into(), client_url, peer_url, data_dir, args, child: None, log: dir.join(format!("{name}.log")) }
     }
 
-    /// Adds flags for the next start.
-    pub fn with_args(mut self, extra: &[&str]) -> Member {
+    /// Adds flags for the next start (a repeated flag: the last one wins, as in etcd).
+    pub fn add_args(&mut self, extra: &[&str]) {
         self.args.extend(extra.iter().map(|s| s.to_string()));
+    }
+
+    pub fn with_args(mut self, extra: &[&str]) -> Member {
+        self.add_args(extra);
         self
     }
 
