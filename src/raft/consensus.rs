@@ -50,8 +50,12 @@ impl Consensus {
         let config = Config {
             cluster_name: settings.cluster_token.clone(),
             heartbeat_interval: settings.heartbeat_ms,
-            election_timeout_min: settings.election_ms,
-            election_timeout_max: settings.election_ms * 2,
+            // openraft 0.9 makes a follower wait a leader lease (election_timeout_max)
+            // plus a random election timeout before campaigning. These bounds
+            // give [1.5, 2) × --election-timeout, as etcd's randomized
+            // [1, 2) × election ticks plus detection does.
+            election_timeout_min: settings.election_ms / 2,
+            election_timeout_max: settings.election_ms,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_count),
             max_in_snapshot_log_to_keep: settings.snapshot_count.min(5000),
             max_payload_entries: 1024,
