@@ -214,10 +214,22 @@ fn lagging_member_catches_up_from_snapshot() {
     let rt = runtime();
     let leader = rt.block_on(leader_index(&members));
     let lagging = (leader + 1) % 3;
+    // Keys the lagging member holds before it goes down, deleted while it is
+    // down: the snapshot must replace its state, not merge into it.
+    let high_key = vec![0xFFu8; 100];
+    rt.block_on(async {
+        let mut c = client(&[members[leader].endpoint()]).await;
+        c.put("w/stale", "old", None).await.unwrap();
+        c.put(high_key.clone(), "old", None).await.unwrap();
+        let mut on_lagging = client(&[members[lagging].endpoint()]).await;
+        on_lagging.get("w/stale", None).await.unwrap();
+    });
     members[lagging].kill9();
     let mut acked = BTreeMap::new();
     rt.block_on(async {
         let mut c = client(&[members[leader].endpoint()]).await;
+        c.delete("w/stale", None).await.unwrap();
+        c.delete(high_key.clone(), None).await.unwrap();
         for i in 0..300 {
             let (k, v) = (format!("w/{i:04}"), format!("v{i}"));
             c.put(k.clone(), v.clone(), None).await.unwrap();
@@ -233,6 +245,10 @@ fn lagging_member_catches_up_from_snapshot() {
         let mut c = client(&[members[lagging].endpoint()]).await;
         let got = c.get("w/0000", Some(GetOptions::new().with_serializable())).await.unwrap();
         assert!(got.kvs().is_empty(), "the delete came with the snapshot");
+        for gone in [b"w/stale".to_vec(), high_key.clone()] {
+            let got = c.get(gone, Some(GetOptions::new().with_serializable())).await.unwrap();
+            assert!(got.kvs().is_empty(), "state from before the snapshot is gone");
+        }
         let leader_rev = client(&[members[leader].endpoint()]).await.get("w/", None).await.unwrap().header().unwrap().revision();
         assert_eq!(got.header().unwrap().revision(), leader_rev, "same revision on the caught-up member");
     });

@@ -233,8 +233,13 @@ impl Store {
         let identity = self.get_meta(keys::META_IDENTITY);
         let mut batch = WriteBatch::default();
         for name in Cfs::ALL {
+            // Everything from the empty key up to and including the last one.
             let cf = Cfs::handle(&self.db, name);
-            batch.delete_range_cf(cf, Vec::<u8>::new(), vec![0xFFu8; 64]);
+            if let Some(last) = self.db.iterator_cf(cf, IteratorMode::End).next() {
+                let (last, _) = last.map_err(db_error)?;
+                batch.delete_range_cf(cf, &[][..], &last[..]);
+                batch.delete_cf(cf, &last);
+            }
         }
         for (i, k, v) in rows {
             let name = Cfs::ALL.get(i as usize).ok_or_else(|| KvError::Internal("bad snapshot".into()))?;
