@@ -176,3 +176,38 @@ fn resume_point(store: &Store, log_id: LogId) -> usize {
         .filter(|(id, _)| *id == log_id)
         .map_or(0, |(_, done)| done)
 }
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, Entry};
+
+    use super::*;
+    use crate::store::types::{Command, Op, PutArgs, RangeArgs};
+
+    fn put(key: &str) -> Command {
+        Command::Write(Op::Put(PutArgs { key: key.into(), value: b"v".to_vec(), ..Default::default() }))
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn entry_cut_short_by_a_crash_resumes_without_repeating() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("db")).unwrap());
+        let mut sm = StateMachine::new(store.clone(), dir.path().join("raft.snap"));
+        let log_id = LogId::new(CommittedLeaderId::new(1, 1), 5);
+        let commands = vec![put("a"), put("b"), put("c")];
+
+        // What a crash right after the entry's first command leaves on disk.
+        let (applied, membership) = sm.raft_state().unwrap();
+        let before = encode(&(applied, &membership));
+        store.apply(Some(&commands[0]), &before, Some(&encode(&(log_id, 1usize)))).unwrap();
+        assert_eq!(sm.raft_state().unwrap().0, None, "the entry does not count as applied yet");
+
+        let results = sm.apply([Entry { log_id, payload: EntryPayload::Normal(commands) }]).await.unwrap();
+        assert_eq!(store.revision(), 4, "a, b, c applied once each, at revisions 2, 3, 4");
+        assert_eq!(results[0][2].revision, 4);
+        assert_eq!(sm.raft_state().unwrap().0, Some(log_id));
+        assert!(store.entry_progress().is_none());
+        let (a, _) = store.range(&RangeArgs { key: b"a".to_vec(), ..Default::default() }).unwrap();
+        assert_eq!((a.kvs[0].version, a.kvs[0].mod_revision), (1, 2));
+    }
+}
