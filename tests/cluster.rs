@@ -255,3 +255,36 @@ fn lagging_member_catches_up_from_snapshot() {
     let log = std::fs::read_to_string(dir.path().join(format!("m{}.log", lagging + 1))).unwrap();
     assert!(log.contains("installed snapshot from the leader"), "caught up through a snapshot:\n{log}");
 }
+
+/// A member left alone after losing its quorum answers with etcd's timeout,
+/// never hanging and never serving a read it cannot prove current.
+#[test]
+fn no_quorum_times_out_instead_of_hanging() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut members = three_member_cluster(dir.path());
+    let rt = runtime();
+    let leader = rt.block_on(leader_index(&members));
+    rt.block_on(async {
+        client(&[members[leader].endpoint()]).await.put("before", "x", None).await.unwrap();
+    });
+    for (i, m) in members.iter_mut().enumerate() {
+        if i != leader {
+            m.kill9();
+        }
+    }
+    rt.block_on(async {
+        let mut c = client(&[members[leader].endpoint()]).await;
+        let started = Instant::now();
+        let err = c.put("after", "x", None).await.unwrap_err();
+        let etcd_client::Error::GRpcStatus(status) = err else { panic!("gRPC status expected") };
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        assert!(status.message().starts_with("etcdserver: "), "{status:?}");
+        assert!(started.elapsed() < Duration::from_secs(12), "answered in {:?}", started.elapsed());
+        let err = c.get("before", None).await.unwrap_err();
+        let etcd_client::Error::GRpcStatus(status) = err else { panic!("gRPC status expected") };
+        assert_eq!(status.code(), tonic::Code::Unavailable, "linearizable read without quorum: {status:?}");
+        // A serializable read is local and still answers.
+        let local = c.get("before", Some(GetOptions::new().with_serializable())).await.unwrap();
+        assert_eq!(local.kvs()[0].value(), b"x");
+    });
+}

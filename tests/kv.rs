@@ -99,6 +99,10 @@ fn range_options() {
         let r = c.get("k", Some(sorted(SortTarget::Create, SortOrder::Ascend))).await.unwrap();
         assert_eq!(keys(&r), ["k3", "k1", "k2"]);
 
+        // Ties keep key order, descending too (etcd: k2 and k3 are both at version 1).
+        let r = c.get("k", Some(sorted(SortTarget::Version, SortOrder::Descend))).await.unwrap();
+        assert_eq!(keys(&r), ["k1", "k2", "k3"]);
+
         let k1 = c.get("k1", None).await.unwrap().kvs()[0].clone();
         let r = c.get("k", Some(GetOptions::new().with_prefix().with_min_mod_revision(k1.mod_revision()))).await.unwrap();
         assert_eq!(keys(&r), ["k1"]);
@@ -178,6 +182,12 @@ fn transactions() {
             .await;
         assert_eq!(code_and_message(dup.unwrap_err()).1, "etcdserver: duplicate key given in txn request");
 
+        // A nested txn gets what the outer txn's longest list leaves of the 128.
+        let outer: Vec<TxnOp> = (0..100).map(|i| TxnOp::put(format!("o{i}"), "v", None)).collect();
+        let inner = Txn::new().and_then((0..29).map(|i| TxnOp::put(format!("i{i}"), "v", None)).collect::<Vec<_>>());
+        let nested = c.txn(Txn::new().and_then(outer.into_iter().chain([TxnOp::txn(inner)]).collect::<Vec<_>>())).await;
+        assert_eq!(code_and_message(nested.unwrap_err()).1, "etcdserver: too many operations in txn request");
+
         let many: Vec<TxnOp> = (0..129).map(|i| TxnOp::put(format!("m{i}"), "v", None)).collect();
         let too_many = c.txn(Txn::new().and_then(many)).await;
         assert_eq!(code_and_message(too_many.unwrap_err()), (tonic::Code::InvalidArgument, "etcdserver: too many operations in txn request".into()));
@@ -233,5 +243,23 @@ fn compaction() {
         assert_eq!(code_and_message(err).1, "etcdserver: mvcc: required revision has been compacted");
         let err = c.compact(r5 + 10, None).await.unwrap_err();
         assert_eq!(code_and_message(err).1, "etcdserver: mvcc: required revision is a future revision");
+    });
+}
+
+#[test]
+fn space_quota_refuses_puts_not_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = Member::single(dir.path(), "quota").with_args(&["--quota-backend-bytes", "1"]);
+    m.start();
+    m.wait_healthy(Duration::from_secs(10));
+    runtime().block_on(async {
+        let mut c = client(&[m.endpoint()]).await;
+        let err = c.put("k", "v", None).await.unwrap_err();
+        assert_eq!(code_and_message(err), (tonic::Code::ResourceExhausted, "etcdserver: mvcc: database space exceeded".into()));
+        let err = c.txn(Txn::new().and_then([TxnOp::delete("k", None), TxnOp::put("j", "v", None)])).await.unwrap_err();
+        assert_eq!(code_and_message(err).0, tonic::Code::ResourceExhausted);
+        // Deleting is how space is freed: it still goes through.
+        c.delete("k", None).await.unwrap();
+        c.txn(Txn::new().and_then([TxnOp::delete("k", Some(DeleteOptions::new().with_prefix()))])).await.unwrap();
     });
 }

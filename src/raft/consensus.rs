@@ -130,23 +130,33 @@ impl Consensus {
         self.with_leader(|leader, remaining| {
             let command = command.clone();
             async move {
-                if leader == self.member_id {
-                    return match self.proposer.propose(command).await {
-                        Ok(result) => Attempt::Done(Ok(result)),
-                        Err(PeerRefusal::NotLeader(_)) => Attempt::Retry,
-                        Err(PeerRefusal::Failed(m)) => Attempt::Done(Err(KvError::Internal(m))),
-                    };
-                }
-                let Some(node) = self.leader_node(leader) else { return Attempt::Retry };
-                let reply = self.peers.call(leader, &node, Some(remaining), Method::Forward, &command).await;
+                let reply = if leader == self.member_id {
+                    // A leader cut off from its quorum does not step down in
+                    // openraft 0.9: the deadline answers for it.
+                    match tokio::time::timeout(remaining, self.proposer.propose(command)).await {
+                        Ok(reply) => reply,
+                        Err(_) => return Attempt::Done(Err(KvError::Timeout)),
+                    }
+                } else {
+                    let Some(node) = self.leader_node(leader) else { return Attempt::Retry };
+                    match self.peers.call(leader, &node, Some(remaining), Method::Forward, &command).await {
+                        Ok(reply) => reply,
+                        // Not even connected: nothing was proposed, so another try is safe.
+                        Err(e) if never_sent(&e) => return Attempt::Retry,
+                        Err(CallError::Transport(s)) if s.code() == tonic::Code::DeadlineExceeded => {
+                            return Attempt::Done(Err(KvError::Timeout))
+                        }
+                        // It may or may not have been committed; the client decides.
+                        Err(_) => return Attempt::Done(Err(KvError::LeaderChanged)),
+                    }
+                };
                 match reply {
-                    Ok(Ok(result)) => Attempt::Done(Ok(result)),
-                    Ok(Err(PeerRefusal::NotLeader(_))) => Attempt::Retry,
-                    Ok(Err(PeerRefusal::Failed(m))) => Attempt::Done(Err(KvError::Internal(m))),
-                    // Not even connected: nothing was proposed, so another try is safe.
-                    Err(e) if never_sent(&e) => Attempt::Retry,
-                    // It may or may not have been committed; the client decides.
-                    Err(_) => Attempt::Done(Err(KvError::LeaderChanged)),
+                    Ok(result) => Attempt::Done(Ok(result)),
+                    // Refused before anything was proposed.
+                    Err(PeerRefusal::NotLeader(_) | PeerRefusal::NoQuorum) => Attempt::Retry,
+                    Err(PeerRefusal::Stopped) if leader == self.member_id => Attempt::Done(Err(KvError::Stopped)),
+                    Err(PeerRefusal::Stopped) => Attempt::Retry,
+                    Err(PeerRefusal::Failed(m)) => Attempt::Done(Err(KvError::Internal(m))),
                 }
             }
         })
@@ -158,24 +168,29 @@ impl Consensus {
     /// linearizable.
     pub async fn read_barrier(&self) -> Result<(), KvError> {
         self.with_leader(|leader, remaining| async move {
-            if leader == self.member_id {
-                return match tokio::time::timeout(remaining, self.raft.ensure_linearizable()).await {
-                    Err(_) => Attempt::Done(Err(KvError::Timeout)),
-                    Ok(Ok(_)) => Attempt::Done(Ok(())),
-                    Ok(Err(e)) if e.forward_to_leader().is_some() => Attempt::Retry,
-                    Ok(Err(e)) => Attempt::Done(Err(KvError::Internal(e.to_string()))),
-                };
-            }
-            let Some(node) = self.leader_node(leader) else { return Attempt::Retry };
-            match self.peers.call::<_, Result<u64, PeerRefusal>>(leader, &node, Some(remaining), Method::ReadIndex, &()).await {
-                Ok(Ok(index)) => {
+            let read_index = if leader == self.member_id {
+                match tokio::time::timeout(remaining, self.raft.ensure_linearizable()).await {
+                    Err(_) => return Attempt::Done(Err(KvError::Timeout)),
+                    Ok(Ok(_)) => return Attempt::Done(Ok(())),
+                    Ok(Err(e)) => Err(PeerRefusal::from_raft_error(e)),
+                }
+            } else {
+                let Some(node) = self.leader_node(leader) else { return Attempt::Retry };
+                self.peers
+                    .call::<_, Result<u64, PeerRefusal>>(leader, &node, Some(remaining), Method::ReadIndex, &())
+                    .await
+                    // Reads change nothing: a failed call may be retried.
+                    .unwrap_or(Err(PeerRefusal::NoQuorum))
+            };
+            match read_index {
+                Ok(index) => {
                     let waited =
                         self.raft.wait(Some(remaining)).applied_index_at_least(Some(index), "read index").await;
                     Attempt::Done(waited.map(|_| ()).map_err(|_| KvError::Timeout))
                 }
-                Ok(Err(PeerRefusal::Failed(m))) => Attempt::Done(Err(KvError::Internal(m))),
-                // Reads change nothing: any failure may be retried.
-                _ => Attempt::Retry,
+                Err(PeerRefusal::Stopped) if leader == self.member_id => Attempt::Done(Err(KvError::Stopped)),
+                Err(PeerRefusal::Failed(m)) => Attempt::Done(Err(KvError::Internal(m))),
+                Err(_) => Attempt::Retry,
             }
         })
         .await

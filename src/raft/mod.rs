@@ -57,6 +57,10 @@ pub type StoredMembership = openraft::StoredMembership<u64, PeerNode>;
 pub enum PeerRefusal {
     /// Not the leader (any more); the hint names who is, if known.
     NotLeader(Option<u64>),
+    /// The leader could not reach a quorum just now; worth another try.
+    NoQuorum,
+    /// The member is shutting down.
+    Stopped,
     Failed(String),
 }
 
@@ -65,9 +69,14 @@ impl PeerRefusal {
     where
         E: fmt::Debug + fmt::Display + openraft::TryAsRef<openraft::error::ForwardToLeader<u64, PeerNode>>,
     {
-        match e.forward_to_leader() {
-            Some(f) => PeerRefusal::NotLeader(f.leader_id),
-            None => PeerRefusal::Failed(e.to_string()),
+        if let Some(f) = e.forward_to_leader() {
+            return PeerRefusal::NotLeader(f.leader_id);
+        }
+        match e {
+            openraft::error::RaftError::Fatal(openraft::error::Fatal::Stopped) => PeerRefusal::Stopped,
+            // The API errors besides ForwardToLeader: QuorumNotEnough (reads), which passes.
+            openraft::error::RaftError::APIError(_) => PeerRefusal::NoQuorum,
+            e => PeerRefusal::Failed(e.to_string()),
         }
     }
 }

@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
@@ -63,10 +65,21 @@ impl Peers {
         method: Method,
         request: &Req,
     ) -> Result<Resp, CallError> {
+        self.call_encoded(id, node, timeout, method, encode(request)).await
+    }
+
+    async fn call_encoded<Resp: DeserializeOwned>(
+        &self,
+        id: u64,
+        node: &PeerNode,
+        timeout: Option<Duration>,
+        method: Method,
+        data: Vec<u8>,
+    ) -> Result<Resp, CallError> {
         let mut client = PeerClient::new(self.channel(id, node)?)
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
-        let mut req = tonic::Request::new(Payload { data: encode(request) });
+        let mut req = tonic::Request::new(Payload { data });
         if let Some(t) = timeout {
             req.set_timeout(t);
         }
@@ -104,16 +117,20 @@ pub struct PeerConnection {
     node: PeerNode,
 }
 
+/// openraft 0.9 gives an AppendEntries call one heartbeat interval, the
+/// follower's fsync included; a call larger than this is split.
+const MAX_APPEND_BYTES: usize = 1024 * 1024;
+
 impl PeerConnection {
-    async fn raft_call<Req: Serialize, Resp: DeserializeOwned, E: std::error::Error + DeserializeOwned>(
+    async fn raft_call<Resp: DeserializeOwned, E: std::error::Error + DeserializeOwned>(
         &self,
         method: Method,
-        request: &Req,
+        request: Vec<u8>,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<u64, PeerNode, RaftError<u64, E>>> {
         let reply: Result<Resp, RaftError<u64, E>> = self
             .peers
-            .call(self.target, &self.node, Some(option.hard_ttl()), method, request)
+            .call_encoded(self.target, &self.node, Some(option.hard_ttl()), method, request)
             .await
             .map_err(|e| match e {
                 CallError::Payload(_) => RPCError::Network(NetworkError::new(&e)),
@@ -129,7 +146,14 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, PeerNode, RaftError<u64>>> {
-        self.raft_call(Method::AppendEntries, &rpc, &option).await
+        let request = encode(&rpc);
+        let entries = rpc.entries.len();
+        if request.len() > MAX_APPEND_BYTES && entries > 1 {
+            // openraft retries at once with at most this many entries.
+            let hint = (entries * MAX_APPEND_BYTES / request.len()).max(1) as u64;
+            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(hint)));
+        }
+        self.raft_call(Method::AppendEntries, request, &option).await
     }
 
     async fn install_snapshot(
@@ -137,7 +161,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<u64>, RPCError<u64, PeerNode, RaftError<u64, InstallSnapshotError>>> {
-        self.raft_call(Method::InstallSnapshot, &rpc, &option).await
+        self.raft_call(Method::InstallSnapshot, encode(&rpc), &option).await
     }
 
     async fn vote(
@@ -145,6 +169,6 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: VoteRequest<u64>,
         option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, PeerNode, RaftError<u64>>> {
-        self.raft_call(Method::Vote, &rpc, &option).await
+        self.raft_call(Method::Vote, encode(&rpc), &option).await
     }
 }

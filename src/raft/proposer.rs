@@ -11,9 +11,10 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use super::{PeerRefusal, Raft};
 use crate::store::types::{Command, CommandResult};
 
-/// At most this many commands, or this many payload bytes, go in one entry.
+/// At most this many commands, or this many payload bytes (plus one
+/// command), go in one entry: an entry must replicate within a heartbeat.
 const MAX_COMMANDS: usize = 1024;
-const MAX_BYTES: usize = 4 * 1024 * 1024;
+const MAX_BYTES: usize = 512 * 1024;
 /// Entries being committed at once: one flushing while the one before applies.
 const IN_FLIGHT: usize = 2;
 
@@ -71,7 +72,7 @@ impl Proposer {
 
     /// Commits one command on this member, which must be the leader.
     pub async fn propose(&self, command: Command) -> Result<CommandResult, PeerRefusal> {
-        let stopped = || PeerRefusal::Failed("raft is shutting down".into());
+        let stopped = || PeerRefusal::Stopped;
         let (reply, answer) = oneshot::channel();
         self.queue.send(Pending { command, reply }).map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?

@@ -4,7 +4,7 @@
 
 use std::io::Cursor;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageError, StorageIOError};
@@ -17,7 +17,32 @@ type Meta = SnapshotMeta<u64, PeerNode>;
 
 pub struct StateMachine {
     store: Arc<Store>,
-    snapshot_file: PathBuf,
+    snapshot_file: Arc<SnapshotFile>,
+}
+
+/// The latest snapshot on disk. Builds run in their own task and may overlap
+/// an install, so writes are serialized and a build never replaces a newer file.
+struct SnapshotFile {
+    path: PathBuf,
+    written: Mutex<Option<LogId>>,
+}
+
+impl SnapshotFile {
+    /// Writes the snapshot unless (for a build) the file already holds a newer one.
+    fn write(&self, meta: &Meta, data: &[u8], installed: bool) -> std::io::Result<()> {
+        use std::io::Write;
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        if !installed && written.is_some() && *written >= meta.last_log_id {
+            return Ok(());
+        }
+        let tmp = self.path.with_extension("tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&encode(&(meta, data)))?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &self.path)?;
+        *written = meta.last_log_id;
+        Ok(())
+    }
 }
 
 fn sm_error(verb: ErrorVerb, e: impl ToString) -> StorageError<u64> {
@@ -29,7 +54,7 @@ type RaftState = (Option<LogId>, StoredMembership);
 
 impl StateMachine {
     pub fn new(store: Arc<Store>, snapshot_file: PathBuf) -> StateMachine {
-        StateMachine { store, snapshot_file }
+        StateMachine { store, snapshot_file: Arc::new(SnapshotFile { path: snapshot_file, written: Mutex::new(None) }) }
     }
 
     fn raft_state(&self) -> Result<RaftState, StorageError<u64>> {
@@ -38,21 +63,12 @@ impl StateMachine {
             Some(bytes) => decode(&bytes).map_err(|e| sm_error(ErrorVerb::Read, e)),
         }
     }
-
-    fn write_snapshot_file(path: &PathBuf, meta: &Meta, data: &[u8]) -> std::io::Result<()> {
-        use std::io::Write;
-        let tmp = path.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&encode(&(meta, data)))?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
         let store = self.store.clone();
-        let path = self.snapshot_file.clone();
+        let file = self.snapshot_file.clone();
         tokio::task::spawn_blocking(move || {
             let (data, raft_state) = store.export().map_err(|e| sm_error(ErrorVerb::Read, e))?;
             let (last_log_id, last_membership): RaftState = match raft_state {
@@ -61,7 +77,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             };
             let snapshot_id = last_log_id.map_or_else(|| "empty".to_string(), |id| format!("{}-{}", id.leader_id, id.index));
             let meta = Meta { last_log_id, last_membership, snapshot_id };
-            StateMachine::write_snapshot_file(&path, &meta, &data).map_err(|e| sm_error(ErrorVerb::Write, e))?;
+            file.write(&meta, &data, false).map_err(|e| sm_error(ErrorVerb::Write, e))?;
             Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
         })
         .await
@@ -144,12 +160,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn install_snapshot(&mut self, meta: &Meta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError<u64>> {
         let data = snapshot.into_inner();
         let store = self.store.clone();
-        let path = self.snapshot_file.clone();
+        let file = self.snapshot_file.clone();
         let meta = meta.clone();
         tokio::task::spawn_blocking(move || {
             let state = encode(&(meta.last_log_id, &meta.last_membership));
             store.import(&data, &state).map_err(|e| sm_error(ErrorVerb::Write, e))?;
-            StateMachine::write_snapshot_file(&path, &meta, &data).map_err(|e| sm_error(ErrorVerb::Write, e))?;
+            file.write(&meta, &data, true).map_err(|e| sm_error(ErrorVerb::Write, e))?;
             tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "installed snapshot from the leader");
             Ok(())
         })
@@ -158,7 +174,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
-        let bytes = match std::fs::read(&self.snapshot_file) {
+        let bytes = match std::fs::read(&self.snapshot_file.path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(sm_error(ErrorVerb::Read, e)),

@@ -72,7 +72,8 @@ impl Node {
     /// Commits a command; a command that adds data is refused once the store
     /// is over its space quota, as etcd's NOSPACE alarm does.
     pub async fn write(&self, command: Command) -> Result<CommandResult, KvError> {
-        if matches!(command, Command::Write(_)) && self.store.size_bytes() > self.limits.quota_backend_bytes {
+        let adds_data = matches!(&command, Command::Write(op) if op.adds_data());
+        if adds_data && self.store.size_bytes() > self.limits.quota_backend_bytes {
             return Err(KvError::NoSpace);
         }
         let result = self.consensus.write(command).await?;

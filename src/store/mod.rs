@@ -136,6 +136,11 @@ impl Store {
                 Ok(OpResult::Done)
             }
         };
+        if let Err(KvError::Internal(e)) = &outcome {
+            // Storage trouble, not a client mistake: applying on would let
+            // this member drift from the others, so Raft must stop instead.
+            return Err(KvError::Internal(e.clone()));
+        }
         if outcome.is_err() {
             // A failed command changes nothing but the applied log id.
             exec.discard();
@@ -213,6 +218,9 @@ impl Store {
     /// Serializes the whole state (every column family) for a Raft snapshot;
     /// returns it with the Raft applied state it corresponds to.
     pub fn export(&self) -> Result<(Vec<u8>, Option<Vec<u8>>), KvError> {
+        // Once a snapshot exists, Raft may purge the log it covers: what the
+        // snapshot holds must not be lost to a crash of the (unsynced) state.
+        self.db.flush_wal(true).map_err(db_error)?;
         let snapshot = self.db.snapshot();
         let mut rows: Vec<(u8, Vec<u8>, Vec<u8>)> = Vec::new();
         for (i, name) in Cfs::ALL.iter().enumerate() {
@@ -242,7 +250,10 @@ impl Store {
             }
         }
         for (i, k, v) in rows {
-            let name = Cfs::ALL.get(i as usize).ok_or_else(|| KvError::Internal("bad snapshot".into()))?;
+            let name = *Cfs::ALL.get(i as usize).ok_or_else(|| KvError::Internal("bad snapshot".into()))?;
+            if name == Cfs::META && k == keys::META_IDENTITY {
+                continue; // the sender's identity, not ours
+            }
             batch.put_cf(Cfs::handle(&self.db, name), k, v);
         }
         let meta = Cfs::handle(&self.db, Cfs::META);

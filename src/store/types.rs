@@ -177,6 +177,8 @@ pub enum KvError {
     NoLeader,
     #[error("etcdserver: leader changed")]
     LeaderChanged,
+    #[error("etcdserver: server stopped")]
+    Stopped,
     #[error("etcdserver: request timed out")]
     Timeout,
     #[error("etcdserver: {0}")]
@@ -209,6 +211,18 @@ impl Command {
         match self {
             Command::Write(op) => op_bytes(op),
             Command::Compact { .. } | Command::PublishMember(_) => 64,
+        }
+    }
+}
+
+impl Op {
+    /// True when the op may add data: what the space quota refuses, while
+    /// deletes still get through to free space (as etcd's quota does).
+    pub fn adds_data(&self) -> bool {
+        match self {
+            Op::Put(_) => true,
+            Op::Range(_) | Op::Delete(_) => false,
+            Op::Txn(t) => t.success.iter().chain(&t.failure).any(Op::adds_data),
         }
     }
 }

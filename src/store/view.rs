@@ -224,16 +224,17 @@ impl<'a> View<'a> {
                 && (args.min_create_revision == 0 || kv.create_revision >= args.min_create_revision)
         });
         if sort_order != SortOrder::None {
-            // Stable sort keeps key order among equal targets, as etcd does.
-            match args.sort_target {
-                SortTarget::Key => kvs.sort_by(|a, b| a.key.cmp(&b.key)),
-                SortTarget::Version => kvs.sort_by_key(|kv| kv.version),
-                SortTarget::Create => kvs.sort_by_key(|kv| kv.create_revision),
-                SortTarget::Mod => kvs.sort_by_key(|kv| kv.mod_revision),
-                SortTarget::Value => kvs.sort_by(|a, b| a.value.cmp(&b.value)),
-            }
-            if sort_order == SortOrder::Descend {
-                kvs.reverse();
+            let by_target = |a: &KeyValue, b: &KeyValue| match args.sort_target {
+                SortTarget::Key => a.key.cmp(&b.key),
+                SortTarget::Version => a.version.cmp(&b.version),
+                SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+                SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+                SortTarget::Value => a.value.cmp(&b.value),
+            };
+            // A stable sort keeps key order among equal targets in both directions.
+            match sort_order {
+                SortOrder::Descend => kvs.sort_by(|a, b| by_target(b, a)),
+                _ => kvs.sort_by(by_target),
             }
         }
         let mut more = false;

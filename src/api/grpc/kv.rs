@@ -147,23 +147,24 @@ fn ops(list: Vec<PbTxnRequestOp>, max_ops: u64) -> Result<Vec<Op>, KvError> {
             Some(PbTxnOpRequest::RequestPut(r)) => put_args(r).map(Op::Put),
             Some(PbTxnOpRequest::RequestDeleteRange(r)) => delete_args(r).map(Op::Delete),
             Some(PbTxnOpRequest::RequestTxn(t)) => txn_args(t, max_ops).map(Op::Txn),
-            None => Err(KvError::Internal("txn op without a request".into())),
+            None => Err(KvError::KeyNotFound),
         })
         .collect()
 }
 
+/// etcd's budget: a txn may hold `max_ops` ops per list, and a nested txn
+/// only what its parent's longest list leaves.
 fn txn_args(t: PbTxnRequest, max_ops: u64) -> Result<TxnArgs, KvError> {
-    let too_many = |n: usize| n as u64 > max_ops;
-    if too_many(t.compare.len()) || too_many(t.success.len()) || too_many(t.failure.len()) {
+    let longest = t.compare.len().max(t.success.len()).max(t.failure.len()) as u64;
+    if longest > max_ops {
         return Err(KvError::TooManyOps);
     }
-    let args = TxnArgs {
+    let left = max_ops - longest;
+    Ok(TxnArgs {
         compare: t.compare.into_iter().map(compare).collect::<Result<_, _>>()?,
-        success: ops(t.success, max_ops)?,
-        failure: ops(t.failure, max_ops)?,
-    };
-    check_duplicate_keys(&args)?;
-    Ok(args)
+        success: ops(t.success, left)?,
+        failure: ops(t.failure, left)?,
+    })
 }
 
 fn range_response(node: &Node, r: RangeResult, revision: i64) -> PbRangeResponse {
@@ -239,6 +240,7 @@ impl PbKvService for KvService {
     async fn txn(&self, request: Request<PbTxnRequest>) -> Result<Response<PbTxnResponse>, Status> {
         self.check_size(request.get_ref())?;
         let args = txn_args(request.into_inner(), self.node.limits.max_txn_ops).map_err(status)?;
+        check_duplicate_keys(&args).map_err(status)?;
         let (result, revision) = if args.is_read_only() {
             self.node.read_txn(args, false).await.map_err(status)?
         } else {

@@ -56,7 +56,7 @@ pub fn status(e: KvError) -> Status {
         KvError::Compacted | KvError::FutureRevision => Code::OutOfRange,
         KvError::LeaseNotFound => Code::NotFound,
         KvError::NoSpace => Code::ResourceExhausted,
-        KvError::NoLeader | KvError::LeaderChanged | KvError::Timeout => Code::Unavailable,
+        KvError::NoLeader | KvError::LeaderChanged | KvError::Timeout | KvError::Stopped => Code::Unavailable,
         KvError::Internal(_) => Code::Internal,
     };
     Status::new(code, e.to_string())
