@@ -13,6 +13,7 @@ use openraft::{Config, SnapshotPolicy};
 
 use super::network::{CallError, Method, Peers};
 use super::proposer::Proposer;
+use super::read_index::ReadIndexRounds;
 use super::{LogStore, PeerNode, PeerRefusal, PeerService, Raft, StateMachine};
 use crate::store::log::LogDb;
 use crate::store::types::{Command, CommandResult, KvError};
@@ -28,6 +29,10 @@ pub struct RaftSettings {
 pub struct Consensus {
     raft: Raft,
     proposer: Proposer,
+    /// Read indexes this member answers as leader (for itself and for followers).
+    leader_reads: ReadIndexRounds,
+    /// Read indexes asked of the leader while this member follows.
+    follower_reads: ReadIndexRounds,
     member_id: u64,
     peers: Peers,
     request_timeout: Duration,
@@ -74,7 +79,34 @@ impl Consensus {
         // etcd's request timeout: 5 s plus two election timeouts.
         let request_timeout = Duration::from_millis(5000 + 2 * settings.election_ms);
         let proposer = Proposer::start(raft.clone());
-        Ok(Consensus { raft, proposer, member_id, peers, request_timeout })
+        let leader_reads = {
+            let raft = raft.clone();
+            ReadIndexRounds::start(move || {
+                let raft = raft.clone();
+                async move {
+                    let (read_log_id, _applied) = raft.get_read_log_id().await.map_err(PeerRefusal::from_raft_error)?;
+                    Ok(read_log_id.map_or(0, |id| id.index))
+                }
+            })
+        };
+        let follower_reads = {
+            let (raft, peers) = (raft.clone(), peers.clone());
+            ReadIndexRounds::start(move || {
+                let (raft, peers) = (raft.clone(), peers.clone());
+                async move {
+                    let metrics = raft.metrics().borrow().clone();
+                    let leader = metrics.current_leader.ok_or(PeerRefusal::NotLeader(None))?;
+                    let node = metrics.membership_config.membership().get_node(&leader).cloned();
+                    let node = node.ok_or(PeerRefusal::NotLeader(None))?;
+                    peers
+                        .call(leader, &node, Some(request_timeout), Method::ReadIndex, &())
+                        .await
+                        // Reads change nothing: a failed call may be retried.
+                        .unwrap_or(Err(PeerRefusal::NoQuorum))
+                }
+            })
+        };
+        Ok(Consensus { raft, proposer, leader_reads, follower_reads, member_id, peers, request_timeout })
     }
 
     /// Forms a new cluster from the initial members. Every member of a new
@@ -91,7 +123,7 @@ impl Consensus {
     }
 
     pub fn peer_service(&self) -> PeerService {
-        PeerService::new(self.raft.clone(), self.proposer.clone())
+        PeerService::new(self.raft.clone(), self.proposer.clone(), self.leader_reads.clone())
     }
 
     pub fn member_id(&self) -> u64 {
@@ -168,19 +200,10 @@ impl Consensus {
     /// linearizable.
     pub async fn read_barrier(&self) -> Result<(), KvError> {
         self.with_leader(|leader, remaining| async move {
-            let read_index = if leader == self.member_id {
-                match tokio::time::timeout(remaining, self.raft.ensure_linearizable()).await {
-                    Err(_) => return Attempt::Done(Err(KvError::Timeout)),
-                    Ok(Ok(_)) => return Attempt::Done(Ok(())),
-                    Ok(Err(e)) => Err(PeerRefusal::from_raft_error(e)),
-                }
-            } else {
-                let Some(node) = self.leader_node(leader) else { return Attempt::Retry };
-                self.peers
-                    .call::<_, Result<u64, PeerRefusal>>(leader, &node, Some(remaining), Method::ReadIndex, &())
-                    .await
-                    // Reads change nothing: a failed call may be retried.
-                    .unwrap_or(Err(PeerRefusal::NoQuorum))
+            let rounds = if leader == self.member_id { &self.leader_reads } else { &self.follower_reads };
+            let read_index = match tokio::time::timeout(remaining, rounds.read_index()).await {
+                Ok(index) => index,
+                Err(_) => return Attempt::Done(Err(KvError::Timeout)),
             };
             match read_index {
                 Ok(index) => {

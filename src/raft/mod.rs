@@ -7,6 +7,7 @@ mod log_store;
 pub mod network;
 mod peer_service;
 mod proposer;
+mod read_index;
 mod state_machine;
 
 use std::fmt;

@@ -6,17 +6,19 @@ use tonic::{Request, Response, Status};
 use super::peerpb::peer_server::Peer;
 use super::peerpb::Payload;
 use super::proposer::Proposer;
+use super::read_index::ReadIndexRounds;
 use super::{decode, encode, PeerRefusal, Raft};
 use crate::store::types::{Command, CommandResult};
 
 pub struct PeerService {
     raft: Raft,
     proposer: Proposer,
+    reads: ReadIndexRounds,
 }
 
 impl PeerService {
-    pub fn new(raft: Raft, proposer: Proposer) -> PeerService {
-        PeerService { raft, proposer }
+    pub fn new(raft: Raft, proposer: Proposer, reads: ReadIndexRounds) -> PeerService {
+        PeerService { raft, proposer, reads }
     }
 }
 
@@ -49,12 +51,7 @@ impl Peer for PeerService {
     }
 
     async fn read_index(&self, _req: Request<Payload>) -> Result<Response<Payload>, Status> {
-        let result: Result<u64, PeerRefusal> = self
-            .raft
-            .get_read_log_id()
-            .await
-            .map(|(read, _applied)| read.map_or(0, |id| id.index))
-            .map_err(PeerRefusal::from_raft_error);
+        let result: Result<u64, PeerRefusal> = self.reads.read_index().await;
         reply(&result)
     }
 }

@@ -1,5 +1,6 @@
-//! A put load generator speaking the etcd v3 API, so cairn and etcd are
-//! measured with the same client: `put_bench ENDPOINT CLIENTS TOTAL VALUE_BYTES`.
+//! A load generator speaking the etcd v3 API, so cairn and etcd are measured
+//! with the same client: `kv_bench ENDPOINT CLIENTS TOTAL VALUE_BYTES [put|get]`.
+//! `put` writes distinct keys; `get` reads one key, linearizably.
 //! Prints one JSON line: throughput and latency percentiles.
 
 use std::time::{Duration, Instant};
@@ -7,14 +8,23 @@ use std::time::{Duration, Instant};
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [endpoint, clients, total, value_bytes] = args.as_slice() else {
-        eprintln!("usage: put_bench ENDPOINT CLIENTS TOTAL VALUE_BYTES");
-        std::process::exit(2);
+    let (endpoint, clients, total, value_bytes, op) = match args.as_slice() {
+        [e, c, t, v] => (e, c, t, v, "put"),
+        [e, c, t, v, op] if op == "put" || op == "get" => (e, c, t, v, op.as_str()),
+        _ => {
+            eprintln!("usage: kv_bench ENDPOINT CLIENTS TOTAL VALUE_BYTES [put|get]");
+            std::process::exit(2);
+        }
     };
+    let reads = op == "get";
     let clients: usize = clients.parse().expect("CLIENTS");
     let total: usize = total.parse().expect("TOTAL");
     let value = vec![b'x'; value_bytes.parse().expect("VALUE_BYTES")];
     let per_client = total / clients;
+    if reads {
+        let mut client = etcd_client::Client::connect([endpoint.clone()], None).await.expect("connect");
+        client.put("bench/read", value.clone(), None).await.expect("put");
+    }
     let mut tasks = Vec::new();
     let start = Instant::now();
     for c in 0..clients {
@@ -24,9 +34,12 @@ async fn main() {
             let mut client = etcd_client::Client::connect([endpoint], None).await.expect("connect");
             let mut latencies = Vec::with_capacity(per_client);
             for i in 0..per_client {
-                let key = format!("bench/{c:03}/{i:08}");
                 let t = Instant::now();
-                client.put(key, value.clone(), None).await.expect("put");
+                if reads {
+                    client.get("bench/read", None).await.expect("get");
+                } else {
+                    client.put(format!("bench/{c:03}/{i:08}"), value.clone(), None).await.expect("put");
+                }
                 latencies.push(t.elapsed());
             }
             latencies
@@ -40,7 +53,7 @@ async fn main() {
     latencies.sort();
     let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)].as_secs_f64() * 1e3;
     println!(
-        "{{\"clients\":{clients},\"puts\":{},\"seconds\":{:.3},\"puts_per_sec\":{:.0},\"p50_ms\":{:.3},\"p99_ms\":{:.3}}}",
+        "{{\"op\":\"{op}\",\"clients\":{clients},\"requests\":{},\"seconds\":{:.3},\"per_sec\":{:.0},\"p50_ms\":{:.3},\"p99_ms\":{:.3}}}",
         latencies.len(),
         elapsed.as_secs_f64(),
         latencies.len() as f64 / elapsed.as_secs_f64(),

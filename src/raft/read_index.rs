@@ -1,0 +1,88 @@
+//! Coalesced ReadIndex: concurrent linearizable reads share one quorum round
+//! instead of each paying for its own. A read joins the next round that starts
+//! after it arrived, never one already under way, so the index it gets is at
+//! least the commit index at its arrival: that is what makes it linearizable.
+
+use std::future::Future;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::PeerRefusal;
+
+pub type ReadIndex = Result<u64, PeerRefusal>;
+
+#[derive(Clone)]
+pub struct ReadIndexRounds {
+    waiting: mpsc::UnboundedSender<oneshot::Sender<ReadIndex>>,
+}
+
+impl ReadIndexRounds {
+    /// Starts the rounds; `fetch` obtains one read index (a quorum round on
+    /// the leader, or a request to the leader).
+    pub fn start<F, Fut>(fetch: F) -> ReadIndexRounds
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: Future<Output = ReadIndex> + Send,
+    {
+        let (waiting, mut arrivals) = mpsc::unbounded_channel::<oneshot::Sender<ReadIndex>>();
+        tokio::spawn(async move {
+            while let Some(first) = arrivals.recv().await {
+                let mut round = vec![first];
+                round.extend(std::iter::from_fn(|| arrivals.try_recv().ok()));
+                let index = fetch().await;
+                for reader in round {
+                    let _ = reader.send(index.clone());
+                }
+            }
+        });
+        ReadIndexRounds { waiting }
+    }
+
+    pub async fn read_index(&self) -> ReadIndex {
+        let (reply, answer) = oneshot::channel();
+        self.waiting.send(reply).map_err(|_| PeerRefusal::Stopped)?;
+        answer.await.map_err(|_| PeerRefusal::Stopped)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_read_never_joins_a_round_already_under_way() {
+        // Each round answers with the number of rounds started before it.
+        let started = Arc::new(AtomicU64::new(0));
+        let rounds = {
+            let started = started.clone();
+            ReadIndexRounds::start(move || {
+                let index = started.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Ok(index)
+                }
+            })
+        };
+        let first = tokio::spawn({
+            let rounds = rounds.clone();
+            async move { rounds.read_index().await }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        // Round 0 is under way; these arrive during it and must share round 1.
+        let late: Vec<_> = (0..5)
+            .map(|_| {
+                let rounds = rounds.clone();
+                tokio::spawn(async move { rounds.read_index().await })
+            })
+            .collect();
+        assert_eq!(first.await.unwrap().unwrap(), 0);
+        for r in late {
+            assert_eq!(r.await.unwrap().unwrap(), 1);
+        }
+        assert_eq!(started.load(Ordering::SeqCst), 2, "the late readers shared one round");
+    }
+}
