@@ -79,33 +79,8 @@ impl Consensus {
         // etcd's request timeout: 5 s plus two election timeouts.
         let request_timeout = Duration::from_millis(5000 + 2 * settings.election_ms);
         let proposer = Proposer::start(raft.clone());
-        let leader_reads = {
-            let raft = raft.clone();
-            ReadIndexRounds::start(move || {
-                let raft = raft.clone();
-                async move {
-                    let (read_log_id, _applied) = raft.get_read_log_id().await.map_err(PeerRefusal::from_raft_error)?;
-                    Ok(read_log_id.map_or(0, |id| id.index))
-                }
-            })
-        };
-        let follower_reads = {
-            let (raft, peers) = (raft.clone(), peers.clone());
-            ReadIndexRounds::start(move || {
-                let (raft, peers) = (raft.clone(), peers.clone());
-                async move {
-                    let metrics = raft.metrics().borrow().clone();
-                    let leader = metrics.current_leader.ok_or(PeerRefusal::NotLeader(None))?;
-                    let node = metrics.membership_config.membership().get_node(&leader).cloned();
-                    let node = node.ok_or(PeerRefusal::NotLeader(None))?;
-                    peers
-                        .call(leader, &node, Some(request_timeout), Method::ReadIndex, &())
-                        .await
-                        // Reads change nothing: a failed call may be retried.
-                        .unwrap_or(Err(PeerRefusal::NoQuorum))
-                }
-            })
-        };
+        let leader_reads = ReadIndexRounds::as_leader(raft.clone());
+        let follower_reads = ReadIndexRounds::from_leader(raft.clone(), peers.clone(), request_timeout);
         Ok(Consensus { raft, proposer, leader_reads, follower_reads, member_id, peers, request_timeout })
     }
 
@@ -126,10 +101,6 @@ impl Consensus {
         PeerService::new(self.raft.clone(), self.proposer.clone(), self.leader_reads.clone())
     }
 
-    pub fn member_id(&self) -> u64 {
-        self.member_id
-    }
-
     pub fn metrics(&self) -> RaftMetrics<u64, PeerNode> {
         self.raft.metrics().borrow().clone()
     }
@@ -142,10 +113,6 @@ impl Consensus {
         self.raft.metrics().borrow().current_term
     }
 
-    pub fn applied_index(&self) -> u64 {
-        self.raft.metrics().borrow().last_applied.map_or(0, |id| id.index)
-    }
-
     /// The members of the current configuration.
     pub fn members(&self) -> Vec<(u64, PeerNode)> {
         let metrics = self.raft.metrics();
@@ -154,7 +121,7 @@ impl Consensus {
     }
 
     fn leader_node(&self, leader: u64) -> Option<PeerNode> {
-        self.raft.metrics().borrow().membership_config.membership().get_node(&leader).cloned()
+        node_of(&self.raft, leader)
     }
 
     /// Commits a command through the Raft log and returns the state machine's result.
@@ -250,6 +217,11 @@ impl Consensus {
             tracing::warn!(error = %e, "raft shutdown");
         }
     }
+}
+
+/// The peer address of member `id` in the current configuration.
+pub(super) fn node_of(raft: &Raft, id: u64) -> Option<PeerNode> {
+    raft.metrics().borrow().membership_config.membership().get_node(&id).cloned()
 }
 
 /// True when a peer call failed before the request could reach the peer.

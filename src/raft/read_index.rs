@@ -4,10 +4,13 @@
 //! least the commit index at its arrival: that is what makes it linearizable.
 
 use std::future::Future;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::PeerRefusal;
+use super::consensus::node_of;
+use super::network::{Method, Peers};
+use super::{PeerRefusal, Raft};
 
 pub type ReadIndex = Result<u64, PeerRefusal>;
 
@@ -36,6 +39,33 @@ impl ReadIndexRounds {
             }
         });
         ReadIndexRounds { waiting }
+    }
+
+    /// Rounds answered by this member as leader: one quorum check each.
+    pub fn as_leader(raft: Raft) -> ReadIndexRounds {
+        ReadIndexRounds::start(move || {
+            let raft = raft.clone();
+            async move {
+                let (read_log_id, _applied) = raft.get_read_log_id().await.map_err(PeerRefusal::from_raft_error)?;
+                Ok(read_log_id.map_or(0, |id| id.index))
+            }
+        })
+    }
+
+    /// Rounds asked of the current leader by a follower: one request each.
+    pub fn from_leader(raft: Raft, peers: Peers, timeout: Duration) -> ReadIndexRounds {
+        ReadIndexRounds::start(move || {
+            let (raft, peers) = (raft.clone(), peers.clone());
+            async move {
+                let leader = raft.metrics().borrow().current_leader.ok_or(PeerRefusal::NotLeader(None))?;
+                let node = node_of(&raft, leader).ok_or(PeerRefusal::NotLeader(Some(leader)))?;
+                peers
+                    .call(leader, &node, Some(timeout), Method::ReadIndex, &())
+                    .await
+                    // Reads change nothing: a failed call may be retried.
+                    .unwrap_or(Err(PeerRefusal::NoQuorum))
+            }
+        })
     }
 
     pub async fn read_index(&self) -> ReadIndex {

@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tonic::transport::server::TcpIncoming;
 
 pub use node::{Header, Limits, Node};
@@ -117,30 +118,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut servers = tokio::task::JoinSet::new();
-    for listener in peer_listeners {
-        let service = PeerServer::new(node.consensus.peer_service())
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX);
-        let stop = wait_for(stop_rx.clone());
-        servers.spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(incoming(listener), stop)
-                .await
-        });
-    }
-    for listener in client_listeners {
-        let routes = crate::api::client_routes(node.clone());
-        let stop = wait_for(stop_rx.clone());
-        servers.spawn(async move {
-            tonic::transport::Server::builder()
-                .accept_http1(true)
-                .add_routes(routes)
-                .serve_with_incoming_shutdown(incoming(listener), stop)
-                .await
-        });
-    }
+    let mut servers = serve(&node, peer_listeners, client_listeners, &stop_rx);
     tokio::spawn(publish_self(node.clone(), config.initial_advertise_peer_urls.clone()));
     tracing::info!(
         name = %config.name,
@@ -161,6 +139,41 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     node.consensus.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Serves Raft on the peer listeners and the client API on the client
+/// listeners until `stop` turns true.
+fn serve(
+    node: &Arc<Node>,
+    peer_listeners: Vec<TcpListener>,
+    client_listeners: Vec<TcpListener>,
+    stop: &watch::Receiver<bool>,
+) -> JoinSet<Result<(), tonic::transport::Error>> {
+    let mut servers = JoinSet::new();
+    for listener in peer_listeners {
+        let service = PeerServer::new(node.consensus.peer_service())
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+        let stop = wait_for(stop.clone());
+        servers.spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming(listener), stop)
+                .await
+        });
+    }
+    for listener in client_listeners {
+        let routes = crate::api::client_routes(node.clone());
+        let stop = wait_for(stop.clone());
+        servers.spawn(async move {
+            tonic::transport::Server::builder()
+                .accept_http1(true)
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(incoming(listener), stop)
+                .await
+        });
+    }
+    servers
 }
 
 /// Accepted connections with Nagle off: small gRPC frames must not wait for
