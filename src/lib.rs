@@ -3,6 +3,7 @@
 pub mod api;
 pub mod bootstrap;
 pub mod config;
+pub mod ctl;
 pub mod raft;
 pub mod server;
 pub mod store;

@@ -3,7 +3,19 @@ use std::process::ExitCode;
 use cairn::config::{flags, Config, Invocation};
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut argv = std::env::args();
+    let program = argv.next().unwrap_or_default();
+    let args: Vec<String> = argv.collect();
+    // `docker exec … etcdctl …` through a link to this binary, `cairn ctl …`,
+    // and `cairn healthcheck` are clients, not a server.
+    if std::path::Path::new(&program).file_name().is_some_and(|n| n == "etcdctl") {
+        return ExitCode::from(cairn::ctl::main(args));
+    }
+    match args.first().map(String::as_str) {
+        Some("ctl") => return ExitCode::from(cairn::ctl::main(args[1..].to_vec())),
+        Some("healthcheck") => return ExitCode::from(cairn::ctl::healthcheck(args[1..].to_vec())),
+        _ => {}
+    }
     let config = match flags::parse(&args).and_then(|inv| match inv {
         Invocation::Version => Ok(None),
         Invocation::Serve(values) => Config::load(values).map(Some),

@@ -1,0 +1,336 @@
+//! `cairn ctl` (or `cairn` invoked as `etcdctl`): the etcdctl commands one
+//! needs inside a FROM-scratch container, with etcdctl's flags, `ETCDCTL_*`
+//! environment and output.
+
+mod output;
+
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, ConnectOptions, DeleteOptions, GetOptions};
+use serde_json::json;
+
+use output::{human_bytes, table};
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum WriteOut {
+    Simple,
+    Table,
+    Json,
+}
+
+struct Global {
+    endpoints: Vec<String>,
+    write_out: WriteOut,
+    timeout: Duration,
+}
+
+type CtlResult = Result<(), String>;
+
+/// Runs one ctl command line (without the program name); returns the exit code.
+pub fn main(args: Vec<String>) -> u8 {
+    match parse_and_run(args) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            1
+        }
+    }
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(format!("ETCDCTL_{name}")).ok().filter(|v| !v.is_empty())
+}
+
+fn parse_and_run(args: Vec<String>) -> CtlResult {
+    let mut global = Global {
+        endpoints: env("ENDPOINTS").unwrap_or_else(|| "127.0.0.1:2379".into()).split(',').map(String::from).collect(),
+        write_out: parse_write_out(&env("WRITE_OUT").unwrap_or_else(|| "simple".into()))?,
+        timeout: Duration::from_secs(5),
+    };
+    let mut words = Vec::new();
+    let mut options = Vec::new();
+    let mut iter = args.into_iter();
+    while let Some(arg) = iter.next() {
+        let Some(flag) = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-').filter(|f| !f.is_empty())) else {
+            words.push(arg);
+            continue;
+        };
+        let (name, inline) = match flag.split_once('=') {
+            Some((n, v)) => (n.to_string(), Some(v.to_string())),
+            None => (flag.to_string(), None),
+        };
+        let mut value = || inline.clone().or_else(|| iter.next()).ok_or(format!("flag needs an argument: --{name}"));
+        match name.as_str() {
+            "endpoints" => global.endpoints = value()?.split(',').map(String::from).collect(),
+            "w" | "write-out" => global.write_out = parse_write_out(&value()?)?,
+            "command-timeout" => global.timeout = parse_duration(&value()?)?,
+            _ => options.push((name, inline)),
+        }
+    }
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    let has = |opt: &str| options.iter().any(|(n, _)| n == opt);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    match words.as_slice() {
+        ["version"] => {
+            println!("etcdctl version: {}\nAPI version: 3.5", crate::api::grpc::ETCD_VERSION);
+            Ok(())
+        }
+        ["endpoint", "health"] => runtime.block_on(endpoint_health(&global)),
+        ["endpoint", "status"] => runtime.block_on(endpoint_status(&global)),
+        ["member", "list"] => runtime.block_on(member_list(&global)),
+        ["put", key, value] => runtime.block_on(async {
+            connect(&global, &global.endpoints).await?.put(*key, *value, None).await.map_err(rpc)?;
+            println!("OK");
+            Ok(())
+        }),
+        ["get", key] => {
+            let mut opts = GetOptions::new();
+            if has("prefix") {
+                opts = opts.with_prefix();
+            }
+            if has("keys-only") {
+                opts = opts.with_keys_only();
+            }
+            runtime.block_on(get(&global, key, opts, has("print-value-only")))
+        }
+        ["del", key] => runtime.block_on(async {
+            let opts = if has("prefix") { DeleteOptions::new().with_prefix() } else { DeleteOptions::new() };
+            let r = connect(&global, &global.endpoints).await?.delete(*key, Some(opts)).await.map_err(rpc)?;
+            println!("{}", r.deleted());
+            Ok(())
+        }),
+        _ => Err(format!(
+            "unknown command {:?}: cairn ctl knows version, endpoint health|status, member list, put, get, del",
+            words.join(" ")
+        )),
+    }
+}
+
+fn parse_write_out(v: &str) -> Result<WriteOut, String> {
+    match v {
+        "simple" => Ok(WriteOut::Simple),
+        "table" => Ok(WriteOut::Table),
+        "json" => Ok(WriteOut::Json),
+        other => Err(format!("unsupported output format {other:?} (simple, table, json)")),
+    }
+}
+
+fn parse_duration(v: &str) -> Result<Duration, String> {
+    let (number, unit) = v.split_at(v.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(v.len()));
+    let n: f64 = number.parse().map_err(|_| format!("invalid duration {v:?}"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" | "" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("invalid duration {v:?}")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn rpc(e: etcd_client::Error) -> String {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => s.message().to_string(),
+        other => other.to_string(),
+    }
+}
+
+async fn connect(global: &Global, endpoints: &[String]) -> Result<Client, String> {
+    let opts = ConnectOptions::new().with_connect_timeout(global.timeout).with_timeout(global.timeout);
+    Client::connect(endpoints, Some(opts)).await.map_err(rpc)
+}
+
+async fn get(global: &Global, key: &str, opts: GetOptions, values_only: bool) -> CtlResult {
+    let r = connect(global, &global.endpoints).await?.get(key, Some(opts)).await.map_err(rpc)?;
+    for kv in r.kvs() {
+        if !values_only {
+            println!("{}", String::from_utf8_lossy(kv.key()));
+        }
+        println!("{}", String::from_utf8_lossy(kv.value()));
+    }
+    Ok(())
+}
+
+/// etcdctl's check: a linearizable read of the key "health" (answered even
+/// when the key is absent) proves a leader and a quorum.
+async fn endpoint_health(global: &Global) -> CtlResult {
+    let mut results = Vec::new();
+    for ep in &global.endpoints {
+        let started = Instant::now();
+        let outcome = match connect(global, std::slice::from_ref(ep)).await {
+            Ok(mut c) => c.get("health", None).await.map(|_| ()).map_err(rpc),
+            Err(e) => Err(e),
+        };
+        results.push((ep.clone(), started.elapsed(), outcome));
+    }
+    let healthy = results.iter().all(|(_, _, r)| r.is_ok());
+    match global.write_out {
+        WriteOut::Json => {
+            let list: Vec<_> = results
+                .iter()
+                .map(|(ep, took, r)| match r {
+                    Ok(()) => json!({"endpoint": ep, "health": true, "took": format!("{took:?}")}),
+                    Err(e) => json!({"endpoint": ep, "health": false, "took": format!("{took:?}"), "error": e}),
+                })
+                .collect();
+            println!("{}", serde_json::Value::Array(list));
+        }
+        WriteOut::Table => {
+            let rows: Vec<Vec<String>> = results
+                .iter()
+                .map(|(ep, took, r)| vec![ep.clone(), r.is_ok().to_string(), format!("{took:?}"), r.clone().err().unwrap_or_default()])
+                .collect();
+            print!("{}", table(&["ENDPOINT", "HEALTH", "TOOK", "ERROR"], &rows));
+        }
+        WriteOut::Simple => {
+            for (ep, took, r) in &results {
+                match r {
+                    Ok(()) => println!("{ep} is healthy: successfully committed proposal: took = {took:?}"),
+                    Err(e) => eprintln!("{ep} is unhealthy: failed to commit proposal: {e}"),
+                }
+            }
+        }
+    }
+    if healthy {
+        Ok(())
+    } else {
+        Err("unhealthy cluster".into())
+    }
+}
+
+async fn endpoint_status(global: &Global) -> CtlResult {
+    let mut statuses = Vec::new();
+    for ep in &global.endpoints {
+        let s = connect(global, std::slice::from_ref(ep)).await?.status().await.map_err(rpc)?;
+        statuses.push((ep.clone(), s));
+    }
+    match global.write_out {
+        WriteOut::Json => {
+            let list: Vec<_> = statuses
+                .iter()
+                .map(|(ep, s)| {
+                    let h = s.header();
+                    json!({"Endpoint": ep, "Status": {
+                        "header": {
+                            "cluster_id": h.map_or(0, |h| h.cluster_id()),
+                            "member_id": h.map_or(0, |h| h.member_id()),
+                            "revision": h.map_or(0, |h| h.revision()),
+                            "raft_term": h.map_or(0, |h| h.raft_term()),
+                        },
+                        "version": s.version(),
+                        "dbSize": s.db_size(),
+                        "leader": s.leader(),
+                        "raftIndex": s.raft_index(),
+                        "raftTerm": s.raft_term(),
+                        "raftAppliedIndex": s.raft_applied_index(),
+                        "dbSizeInUse": s.raft_used_db_size(),
+                    }})
+                })
+                .collect();
+            println!("{}", serde_json::Value::Array(list));
+        }
+        form => {
+            let rows: Vec<Vec<String>> = statuses
+                .iter()
+                .map(|(ep, s)| {
+                    let id = s.header().map_or(0, |h| h.member_id());
+                    vec![
+                        ep.clone(),
+                        format!("{id:x}"),
+                        s.version().to_string(),
+                        human_bytes(s.db_size().max(0) as u64),
+                        (s.leader() == id).to_string(),
+                        s.is_learner().to_string(),
+                        s.raft_term().to_string(),
+                        s.raft_index().to_string(),
+                        s.raft_applied_index().to_string(),
+                        s.errors().join(", "),
+                    ]
+                })
+                .collect();
+            if form == WriteOut::Table {
+                let headers = [
+                    "ENDPOINT", "ID", "VERSION", "DB SIZE", "IS LEADER", "IS LEARNER", "RAFT TERM", "RAFT INDEX",
+                    "RAFT APPLIED INDEX", "ERRORS",
+                ];
+                print!("{}", table(&headers, &rows));
+            } else {
+                rows.iter().for_each(|r| println!("{}", r.join(", ")));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn member_list(global: &Global) -> CtlResult {
+    let r = connect(global, &global.endpoints).await?.member_list().await.map_err(rpc)?;
+    let rows: Vec<Vec<String>> = r
+        .members()
+        .iter()
+        .map(|m| {
+            let status = if m.name().is_empty() { "unstarted" } else { "started" };
+            vec![
+                format!("{:x}", m.id()),
+                status.to_string(),
+                m.name().to_string(),
+                m.peer_urls().join(","),
+                m.client_urls().join(","),
+                m.is_learner().to_string(),
+            ]
+        })
+        .collect();
+    match global.write_out {
+        WriteOut::Table => {
+            print!("{}", table(&["ID", "STATUS", "NAME", "PEER ADDRS", "CLIENT ADDRS", "IS LEARNER"], &rows))
+        }
+        WriteOut::Json => {
+            let members: Vec<_> = r
+                .members()
+                .iter()
+                .map(|m| json!({"ID": m.id(), "name": m.name(), "peerURLs": m.peer_urls(), "clientURLs": m.client_urls()}))
+                .collect();
+            println!("{}", json!({"members": members}));
+        }
+        WriteOut::Simple => rows.iter().for_each(|r| println!("{}", r.join(", "))),
+    }
+    Ok(())
+}
+
+/// `cairn healthcheck [--endpoint HOST:PORT]`: for a container HEALTHCHECK in
+/// an image with no curl. Exit 0 when the member's `/health` says true.
+pub fn healthcheck(args: Vec<String>) -> u8 {
+    let endpoint = match args.as_slice() {
+        [] => "127.0.0.1:2379".to_string(),
+        [flag, ep] if flag == "--endpoint" => ep.clone(),
+        [flag] if flag.starts_with("--endpoint=") => flag["--endpoint=".len()..].to_string(),
+        _ => {
+            eprintln!("usage: cairn healthcheck [--endpoint HOST:PORT]");
+            return 1;
+        }
+    };
+    match http_get(&endpoint, "/health") {
+        Ok(body) if body.contains("\"health\":\"true\"") => 0,
+        Ok(body) => {
+            eprintln!("{endpoint} is unhealthy: {}", body.trim());
+            1
+        }
+        Err(e) => {
+            eprintln!("{endpoint} is unhealthy: {e}");
+            1
+        }
+    }
+}
+
+fn http_get(endpoint: &str, path: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let addr = endpoint
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::other(format!("cannot resolve {endpoint}")))?;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {endpoint}\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default())
+}
