@@ -3,6 +3,7 @@
 //! client ports, and shuts down cleanly on SIGTERM/SIGINT.
 
 mod node;
+mod process;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -33,15 +34,6 @@ async fn bind(urls: &[ListenUrl], flag: &str) -> anyhow::Result<Vec<TcpListener>
     Ok(listeners)
 }
 
-/// Resolves when the process is asked to stop.
-async fn stop_requested() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("received SIGTERM, shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("received SIGINT, shutting down"),
-    }
-}
-
 /// The initial cluster and this member's place in it, for a member that
 /// has no data yet.
 fn bootstrap_plan(config: &Config) -> Result<(InitialCluster, u64), ConfigError> {
@@ -56,6 +48,8 @@ fn bootstrap_plan(config: &Config) -> Result<(InitialCluster, u64), ConfigError>
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    let stop_requested = process::stop_requested().context("installing signal handlers")?;
+    process::reap_orphans_if_init().context("installing the SIGCHLD handler")?;
     let member_dir = config.data_dir.join("member");
     if !member_dir.exists() {
         // Refuse a bad bootstrap before leaving anything on disk.
@@ -126,13 +120,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         peer_urls = %config.initial_advertise_peer_urls.join(","),
         "serving client requests"
     );
+    process::notify_systemd("READY=1");
 
     tokio::select! {
-        _ = stop_requested() => {}
+        _ = stop_requested => {}
         Some(res) = servers.join_next() => {
             res.context("server task")?.context("server stopped")?;
         }
     }
+    process::notify_systemd("STOPPING=1");
     let _ = stop_tx.send(true);
     // In-flight requests get a moment to finish before Raft stops.
     let _ = tokio::time::timeout(Duration::from_secs(2), async { while servers.join_next().await.is_some() {} }).await;

@@ -19,6 +19,7 @@ pub struct Member {
     pub peer_url: String,
     pub data_dir: PathBuf,
     args: Vec<String>,
+    envs: Vec<(String, String)>,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -43,12 +44,29 @@ impl Member {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        Member { name: name.into(), client_url, peer_url, data_dir, args, child: None, log: dir.join(format!("{name}.log")) }
+        let log = dir.join(format!("{name}.log"));
+        Member { name: name.into(), client_url, peer_url, data_dir, args, envs: Vec::new(), child: None, log }
     }
 
     /// Adds flags for the next start (a repeated flag: the last one wins, as in etcd).
     pub fn add_args(&mut self, extra: &[&str]) {
         self.args.extend(extra.iter().map(|s| s.to_string()));
+    }
+
+    pub fn with_env(mut self, name: &str, value: &str) -> Member {
+        self.envs.push((name.into(), value.into()));
+        self
+    }
+
+    /// The process id of the running member.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let child = self.child.take().expect("running");
+        Proc(child).terminate()
     }
 
     pub fn with_args(mut self, extra: &[&str]) -> Member {
@@ -72,6 +90,7 @@ impl Member {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let child = Command::new(CAIRN)
             .args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -109,6 +128,15 @@ impl Proc {
     /// SIGTERM, then the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill").arg("-TERM").arg(self.0.id().to_string()).status();
+        self.0.wait().unwrap()
+    }
+}
+
+impl Proc {
+    /// SIGTERM to `pid` (a process under this one, e.g. behind unshare),
+    /// then this process's exit status.
+    pub fn terminate_child(mut self, pid: u32) -> std::process::ExitStatus {
+        let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
         self.0.wait().unwrap()
     }
 }
