@@ -112,3 +112,25 @@ fn precedence_file_env_flag() {
         }
     }
 }
+
+/// The image's defaults (CAIRN_DEFAULTS=container): every interface, the
+/// hostname advertised, ETCD_DATA_DIR still in charge.
+#[test]
+fn container_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
+    let child = Proc(
+        Command::new(CAIRN)
+            .args(["--name", "box"])
+            .env("CAIRN_DEFAULTS", "container")
+            .env("ETCD_DATA_DIR", dir.path().join("data"))
+            .stderr(std::fs::File::create(dir.path().join("log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_healthy_at("127.0.0.1:2379", Duration::from_secs(10), &dir.path().join("log"));
+    let members = common::etcdctl_ok("127.0.0.1:2379", &["member", "list"]);
+    assert!(members.contains(&format!(", box, http://{host}:2380, http://{host}:2379, false")), "{members}");
+    assert!(dir.path().join("data/member/wal").is_dir());
+    assert!(child.terminate().success());
+}

@@ -158,6 +158,44 @@ fn check_environment(notices: &mut Vec<String>) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Built-in defaults: etcd's, or with `CAIRN_DEFAULTS=container` (set by the
+/// image) the ones a container needs: listen on every interface, advertise
+/// the container's hostname, keep data in the image's volume.
+struct Defaults {
+    listen_client: String,
+    listen_peer: String,
+    advertise_client: String,
+    advertise_peer: String,
+    data_dir: Option<String>,
+}
+
+impl Defaults {
+    fn for_environment() -> Defaults {
+        if std::env::var("CAIRN_DEFAULTS").is_ok_and(|v| v == "container") {
+            let host = nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "localhost".into());
+            Defaults {
+                listen_client: "http://0.0.0.0:2379".into(),
+                listen_peer: "http://0.0.0.0:2380".into(),
+                advertise_client: format!("http://{host}:2379"),
+                advertise_peer: format!("http://{host}:2380"),
+                data_dir: Some("/var/lib/cairn".into()),
+            }
+        } else {
+            Defaults {
+                listen_client: "http://localhost:2379".into(),
+                listen_peer: "http://localhost:2380".into(),
+                advertise_client: "http://localhost:2379".into(),
+                advertise_peer: "http://localhost:2380".into(),
+                data_dir: None,
+            }
+        }
+    }
+}
+
 /// Reads the layered settings; typed values come from `Settings`.
 struct Settings {
     figment: Figment,
@@ -265,15 +303,16 @@ impl Config {
         if election_timeout > 50_000 {
             return Err(ConfigError::new(format!("--election-timeout[{election_timeout}ms] is too long, and should be set less than 50 seconds")));
         }
-        let listen_client_urls = s.listen_urls("listen-client-urls", "http://localhost:2379")?;
+        let defaults = Defaults::for_environment();
+        let listen_client_urls = s.listen_urls("listen-client-urls", &defaults.listen_client)?;
         if s.is_set("listen-client-urls") && !s.is_set("advertise-client-urls") {
             return Err(ConfigError::new("--advertise-client-urls is required when --listen-client-urls is set explicitly"));
         }
-        let advertise_client_urls = s.urls("advertise-client-urls", "http://localhost:2379")?;
+        let advertise_client_urls = s.urls("advertise-client-urls", &defaults.advertise_client)?;
         urls::check_advertised(&advertise_client_urls, &listen_client_urls)
             .map_err(|e| ConfigError::new(format!("{}: {e}", s.origin("advertise-client-urls"))))?;
-        let listen_peer_urls = s.listen_urls("listen-peer-urls", "http://localhost:2380")?;
-        let initial_advertise_peer_urls = s.urls("initial-advertise-peer-urls", "http://localhost:2380")?;
+        let listen_peer_urls = s.listen_urls("listen-peer-urls", &defaults.listen_peer)?;
+        let initial_advertise_peer_urls = s.urls("initial-advertise-peer-urls", &defaults.advertise_peer)?;
         urls::check_advertised(&initial_advertise_peer_urls, &listen_peer_urls)
             .map_err(|e| ConfigError::new(format!("{}: {e}", s.origin("initial-advertise-peer-urls"))))?;
         // etcd: without an explicit --initial-cluster, the member forms a cluster of one.
@@ -284,7 +323,9 @@ impl Config {
             "existing" => ClusterState::Existing,
             _ => ClusterState::New,
         };
-        let data_dir = PathBuf::from(s.raw("data-dir").filter(|d| !d.is_empty()).unwrap_or_else(|| format!("{name}.etcd")));
+        let data_dir = PathBuf::from(
+            s.raw("data-dir").filter(|d| !d.is_empty()).or(defaults.data_dir).unwrap_or_else(|| format!("{name}.etcd")),
+        );
         let quota = s.number("quota-backend-bytes", 0)?;
         Ok(Config {
             wal_dir: s.raw("wal-dir").filter(|d| !d.is_empty()).map(PathBuf::from),

@@ -3,6 +3,7 @@
 //! into committed results and provides linearizable read barriers.
 
 mod consensus;
+mod dial;
 mod log_store;
 pub mod network;
 mod peer_service;

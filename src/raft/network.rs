@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
+use super::dial::Dialer;
 use super::peerpb::peer_client::PeerClient;
 use super::peerpb::Payload;
 use super::{decode, encode, PeerNode, TypeConfig};
@@ -49,9 +50,8 @@ impl Peers {
         let channel = Endpoint::from_shared(url.clone())
             .map_err(|_| CallError::NoUrl(id))?
             .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
-            .connect_lazy();
+            .connect_with_connector_lazy(Dialer);
         channels.insert(id, (node.clone(), channel.clone()));
         Ok(channel)
     }

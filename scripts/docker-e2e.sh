@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# End-to-end checks of the image cairn:latest (build it with
+# scripts/build-image.sh): docker run, docker exec, docker stop, volumes, and
+# the three-member compose cluster with a killed member. Prints one closing
+# line "docker e2e: N passed, M failed"; exits 1 when a check failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export ETCDCTL_API=3
+passed=0 failed=0
+check() { # description command...
+  local what=$1; shift
+  if "$@" >/tmp/cairn-e2e.out 2>&1; then
+    passed=$((passed + 1)); echo "ok   $what"
+  else
+    failed=$((failed + 1)); echo "FAIL $what"; sed 's/^/     /' /tmp/cairn-e2e.out | tail -20
+  fi
+}
+if docker compose version >/dev/null 2>&1; then compose=(docker compose); else compose=(docker-compose); fi
+project=cairn-e2e
+
+cleanup() {
+  docker rm -f cairn-e2e-single cairn-e2e-again >/dev/null 2>&1
+  docker volume rm -f cairn-e2e-data >/dev/null 2>&1
+  "${compose[@]}" -p "$project" -f compose/three-node.yml down -v >/dev/null 2>&1
+}
+trap cleanup EXIT
+cleanup
+
+healthy_within() { # seconds endpoint
+  local deadline=$((SECONDS + $1))
+  until curl -fs "http://$2/health" 2>/dev/null | grep -q '"health":"true"'; do
+    [ $SECONDS -lt "$deadline" ] || return 1
+    sleep 0.05
+  done
+}
+ms_since() { echo $(( ($(date +%s%N) - $1) / 1000000 )); }
+
+# --- docker run ---------------------------------------------------------------
+start=$(date +%s%N)
+docker run -d --name cairn-e2e-single -p 127.0.0.1:12479:2379 -v cairn-e2e-data:/var/lib/cairn cairn:latest --name single >/dev/null
+check "docker run: healthy within 2 s" healthy_within 2 127.0.0.1:12479
+echo "     start to healthy: $(ms_since "$start") ms"
+check "docker exec … etcdctl endpoint health (link to cairn in the image)" docker exec cairn-e2e-single etcdctl endpoint health
+check "docker exec … cairn ctl endpoint health" docker exec cairn-e2e-single cairn ctl endpoint health
+check "host etcdctl put" etcdctl --endpoints=127.0.0.1:12479 put kept-key kept-value
+check "HEALTHCHECK reports healthy" bash -c 'for _ in $(seq 40); do [ "$(docker inspect -f "{{.State.Health.Status}}" cairn-e2e-single)" = healthy ] && exit 0; sleep 0.25; done; exit 1'
+start=$(date +%s%N)
+docker stop cairn-e2e-single >/dev/null
+stop_ms=$(ms_since "$start")
+check "docker stop within 2 s (took $stop_ms ms)" test "$stop_ms" -lt 2000
+check "exit code 0 after docker stop" test "$(docker inspect -f '{{.State.ExitCode}}' cairn-e2e-single)" = 0
+docker rm cairn-e2e-single >/dev/null
+docker run -d --name cairn-e2e-again -p 127.0.0.1:12479:2379 -v cairn-e2e-data:/var/lib/cairn cairn:latest --name single >/dev/null
+check "a new container on the same volume is healthy" healthy_within 5 127.0.0.1:12479
+check "data survives docker rm" bash -c 'test "$(etcdctl --endpoints=127.0.0.1:12479 get kept-key --print-value-only)" = kept-value'
+docker rm -f cairn-e2e-again >/dev/null
+
+# --- docker compose, three members -------------------------------------------
+eps=127.0.0.1:12379,127.0.0.1:22379,127.0.0.1:32379
+all_healthy() { for p in 12379 22379 32379; do healthy_within "$1" "127.0.0.1:$p" || return 1; done; }
+start=$(date +%s%N)
+"${compose[@]}" -p "$project" -f compose/three-node.yml up -d >/dev/null 2>&1
+check "compose up: three healthy members" all_healthy 20
+echo "     compose up to three healthy: $(ms_since "$start") ms"
+check "etcdctl endpoint health on all three" etcdctl --endpoints=$eps endpoint health
+check "member list names all three with their client URLs" bash -c "etcdctl --endpoints=$eps member list | grep -c 'started, etcd[123], http://etcd[123]:2380, http://etcd[123]:2379' | grep -qx 3"
+for i in $(seq 20); do etcdctl --endpoints=$eps put "c/$i" "$i" >/dev/null; done
+victim=$("${compose[@]}" -p "$project" -f compose/three-node.yml ps -q etcd1)
+docker kill "$victim" >/dev/null
+write_after_kill() { for i in $(seq 21 40); do etcdctl --endpoints=127.0.0.1:22379,127.0.0.1:32379 --command-timeout=10s put "c/$i" "$i" || return 1; done; }
+check "writes continue with one member killed" write_after_kill
+docker start "$victim" >/dev/null
+check "the killed member restarts healthy" healthy_within 20 127.0.0.1:12379
+caught_up() {
+  local deadline=$((SECONDS + 20))
+  until [ "$(etcdctl --endpoints=127.0.0.1:12379 get c/ --prefix --count-only --consistency=s -w fields | grep '"Count"' | awk '{print $3}')" = 40 ]; do
+    [ $SECONDS -lt "$deadline" ] || return 1; sleep 0.2
+  done
+}
+check "it catches up (all 40 keys, read locally)" caught_up
+"${compose[@]}" -p "$project" -f compose/three-node.yml down >/dev/null 2>&1
+"${compose[@]}" -p "$project" -f compose/three-node.yml up -d >/dev/null 2>&1
+check "compose down and up: healthy again" all_healthy 20
+check "compose down and up keeps the data" bash -c "test \"\$(etcdctl --endpoints=$eps get c/40 --print-value-only)\" = 40"
+
+echo "docker e2e: $passed passed, $failed failed"
+[ "$failed" = 0 ]

@@ -1,0 +1,77 @@
+//! Connections to peers by URL, with names resolved by hickory rather than
+//! getaddrinfo: a static binary in a FROM-scratch image has no NSS modules,
+//! and names like docker compose service names must still resolve (through
+//! the /etc/resolv.conf and /etc/hosts the container runtime provides).
+//! Names are resolved at every connect, so a peer that comes back with a new
+//! address is found again.
+
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+
+use hickory_resolver::TokioResolver;
+use http::Uri;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+#[derive(Clone, Default)]
+pub struct Dialer;
+
+fn resolver() -> Option<&'static Arc<TokioResolver>> {
+    static RESOLVER: OnceLock<Option<Arc<TokioResolver>>> = OnceLock::new();
+    RESOLVER
+        .get_or_init(|| match TokioResolver::builder_tokio().and_then(|b| b.build()) {
+            Ok(r) => Some(Arc::new(r)),
+            Err(e) => {
+                tracing::warn!(error = %e, "no DNS configuration; peer URLs must use IP addresses");
+                None
+            }
+        })
+        .as_ref()
+}
+
+async fn addresses(host: &str) -> io::Result<Vec<IpAddr>> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![ip]);
+    }
+    if host == "localhost" {
+        return Ok(vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]);
+    }
+    let resolver = resolver().ok_or_else(|| io::Error::other(format!("cannot resolve {host}: no DNS configuration")))?;
+    let found = resolver.lookup_ip(host).await.map_err(|e| io::Error::other(format!("cannot resolve {host}: {e}")))?;
+    Ok(found.iter().collect())
+}
+
+async fn dial(uri: Uri) -> io::Result<TokioIo<TcpStream>> {
+    let host = uri.host().ok_or_else(|| io::Error::other(format!("{uri} has no host")))?;
+    let port = uri.port_u16().unwrap_or(80);
+    let mut last = io::Error::other(format!("{host} has no address"));
+    for ip in addresses(host).await? {
+        match TcpStream::connect((ip, port)).await {
+            Ok(stream) => {
+                stream.set_nodelay(true)?;
+                return Ok(TokioIo::new(stream));
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+impl tower::Service<Uri> for Dialer {
+    type Response = TokioIo<TcpStream>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        Box::pin(dial(uri))
+    }
+}
