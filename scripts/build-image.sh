@@ -8,11 +8,11 @@ cd "$(dirname "$0")/.."
 scripts/setup-debian.sh
 . scripts/cargo-env.sh
 target=x86_64-unknown-linux-gnu
-RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target "$target" --bin cairn
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --profile image --locked --target "$target" --bin cairn
 context=$(mktemp -d)
 trap 'rm -rf "$context"' EXIT
 mkdir "$context/bin"
-cp "$CARGO_TARGET_DIR/$target/release/cairn" "$context/bin/cairn"
+cp "$CARGO_TARGET_DIR/$target/image/cairn" "$context/bin/cairn"
 strip "$context/bin/cairn"
 ln -s cairn "$context/bin/etcdctl"
 cp Containerfile "$context/"

@@ -134,3 +134,40 @@ fn container_defaults() {
     assert!(dir.path().join("data/member/wal").is_dir());
     assert!(child.terminate().success());
 }
+
+/// The shipped examples (config/cairn.conf.yml, config/cairn.env) are
+/// accepted as they are; flags move only the ports and the data dir.
+#[test]
+fn shipped_config_examples_start() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let env_file = std::fs::read_to_string(root.join("config/cairn.env")).unwrap();
+    let env: Vec<(String, String)> = env_file
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).unwrap())
+        .collect();
+    for (source, file_arg, envs) in [
+        ("config file", vec!["--config-file".to_string(), root.join("config/cairn.conf.yml").display().to_string()], vec![]),
+        ("env file", vec![], env),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, p) = (free_port(), free_port());
+        let (client, peer) = (format!("http://127.0.0.1:{c}"), format!("http://127.0.0.1:{p}"));
+        let child = Proc(
+            Command::new(CAIRN)
+                .args(&file_arg)
+                .args(["--data-dir", dir.path().join("d").to_str().unwrap()])
+                .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+                .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+                .args(["--initial-cluster", &format!("n1={peer}")])
+                .envs(envs)
+                .stderr(std::fs::File::create(dir.path().join("log")).unwrap())
+                .spawn()
+                .unwrap(),
+        );
+        wait_healthy_at(&format!("127.0.0.1:{c}"), Duration::from_secs(10), &dir.path().join("log"));
+        let members = common::etcdctl_ok(&format!("127.0.0.1:{c}"), &["member", "list"]);
+        assert!(members.contains(", n1, "), "{source}: {members}");
+        assert!(child.terminate().success(), "{source}");
+    }
+}

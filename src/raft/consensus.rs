@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use openraft::metrics::RaftMetrics;
 use openraft::{Config, SnapshotPolicy};
 
+use super::dial::DialError;
 use super::network::{CallError, Method, Peers};
 use super::proposer::Proposer;
 use super::read_index::ReadIndexRounds;
@@ -64,6 +65,10 @@ impl Consensus {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_count),
             max_in_snapshot_log_to_keep: settings.snapshot_count.min(5000),
             max_payload_entries: 1024,
+            // Sending a snapshot chunk and (for the last) installing the whole
+            // state on the follower: openraft's 200 ms default fails and
+            // restarts the transfer whenever the follower is busy.
+            install_snapshot_timeout: 10_000,
             ..Default::default()
         };
         let config = Arc::new(config.validate()?);
@@ -224,17 +229,16 @@ pub(super) fn node_of(raft: &Raft, id: u64) -> Option<PeerNode> {
     raft.metrics().borrow().membership_config.membership().get_node(&id).cloned()
 }
 
-/// True when a peer call failed before the request could reach the peer.
+/// True when a peer call failed before the request could reach the peer:
+/// the connection itself could not be made.
 fn never_sent(e: &CallError) -> bool {
     let CallError::Transport(status) = e else { return false };
     let mut source: Option<&dyn std::error::Error> = std::error::Error::source(status);
     while let Some(err) = source {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::ConnectionRefused {
-                return true;
-            }
+        if err.downcast_ref::<DialError>().is_some() {
+            return true;
         }
         source = err.source();
     }
-    status.message().contains("tcp connect error")
+    false
 }

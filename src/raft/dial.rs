@@ -11,6 +11,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
 use http::Uri;
@@ -19,6 +20,17 @@ use tokio::net::TcpStream;
 
 #[derive(Clone, Default)]
 pub struct Dialer;
+
+/// A connection that could not be made: nothing was sent on it.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot connect to {uri}: {source}")]
+pub struct DialError {
+    uri: Uri,
+    source: io::Error,
+}
+
+/// A peer that does not answer a connect within this is treated as down.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 fn resolver() -> Option<&'static Arc<TokioResolver>> {
     static RESOLVER: OnceLock<Option<Arc<TokioResolver>>> = OnceLock::new();
@@ -46,26 +58,34 @@ async fn addresses(host: &str) -> io::Result<Vec<IpAddr>> {
     Ok(found.iter().collect())
 }
 
-async fn dial(uri: Uri) -> io::Result<TokioIo<TcpStream>> {
-    let host = uri.host().ok_or_else(|| io::Error::other(format!("{uri} has no host")))?;
+async fn connect(uri: &Uri) -> io::Result<TcpStream> {
+    let host = uri.host().ok_or_else(|| io::Error::other("no host"))?;
     let port = uri.port_u16().unwrap_or(80);
     let mut last = io::Error::other(format!("{host} has no address"));
     for ip in addresses(host).await? {
-        match TcpStream::connect((ip, port)).await {
-            Ok(stream) => {
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((ip, port))).await {
+            Ok(Ok(stream)) => {
                 stream.set_nodelay(true)?;
-                return Ok(TokioIo::new(stream));
+                return Ok(stream);
             }
-            Err(e) => last = e,
+            Ok(Err(e)) => last = e,
+            Err(_) => last = io::Error::new(io::ErrorKind::TimedOut, format!("no answer from {ip}:{port}")),
         }
     }
     Err(last)
 }
 
+async fn dial(uri: Uri) -> Result<TokioIo<TcpStream>, DialError> {
+    match connect(&uri).await {
+        Ok(stream) => Ok(TokioIo::new(stream)),
+        Err(source) => Err(DialError { uri, source }),
+    }
+}
+
 impl tower::Service<Uri> for Dialer {
     type Response = TokioIo<TcpStream>;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
+    type Error = DialError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, DialError>> + Send>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))

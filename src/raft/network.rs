@@ -49,7 +49,6 @@ impl Peers {
         let url = node.peer_urls.first().ok_or(CallError::NoUrl(id))?;
         let channel = Endpoint::from_shared(url.clone())
             .map_err(|_| CallError::NoUrl(id))?
-            .connect_timeout(Duration::from_secs(1))
             .http2_keep_alive_interval(Duration::from_secs(5))
             .connect_with_connector_lazy(Dialer);
         channels.insert(id, (node.clone(), channel.clone()));
