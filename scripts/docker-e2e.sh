@@ -22,6 +22,7 @@ cleanup() {
   docker rm -f cairn-e2e-single cairn-e2e-again >/dev/null 2>&1
   docker volume rm -f cairn-e2e-data >/dev/null 2>&1
   "${compose[@]}" -p "$project" -f compose/three-node.yml down -v >/dev/null 2>&1
+  "${compose[@]}" -p "$project-single" -f compose/single-node.yml down -v >/dev/null 2>&1
 }
 trap cleanup EXIT
 cleanup
@@ -43,6 +44,8 @@ echo "     start to healthy: $(ms_since "$start") ms"
 check "docker exec … etcdctl endpoint health (link to cairn in the image)" docker exec cairn-e2e-single etcdctl endpoint health
 check "docker exec … cairn ctl endpoint health" docker exec cairn-e2e-single cairn ctl endpoint health
 check "host etcdctl put" etcdctl --endpoints=127.0.0.1:12479 put kept-key kept-value
+host=$(docker inspect -f '{{.Config.Hostname}}' cairn-e2e-single)
+check "advertises the container's hostname by default" bash -c "etcdctl --endpoints=127.0.0.1:12479 member list | grep -q ', single, http://$host:2380, http://$host:2379, false'"
 check "HEALTHCHECK reports healthy" bash -c 'for _ in $(seq 40); do [ "$(docker inspect -f "{{.State.Health.Status}}" cairn-e2e-single)" = healthy ] && exit 0; sleep 0.25; done; exit 1'
 start=$(date +%s%N)
 docker stop cairn-e2e-single >/dev/null
@@ -54,6 +57,12 @@ docker run -d --name cairn-e2e-again -p 127.0.0.1:12479:2379 -v cairn-e2e-data:/
 check "a new container on the same volume is healthy" healthy_within 5 127.0.0.1:12479
 check "data survives docker rm" bash -c 'test "$(etcdctl --endpoints=127.0.0.1:12479 get kept-key --print-value-only)" = kept-value'
 docker rm -f cairn-e2e-again >/dev/null
+
+# --- docker compose, one member ---------------------------------------------
+"${compose[@]}" -p "$project-single" -f compose/single-node.yml up -d >/dev/null 2>&1
+check "compose/single-node.yml: healthy on 127.0.0.1:2379" healthy_within 10 127.0.0.1:2379
+check "compose/single-node.yml: serves etcdctl" etcdctl --endpoints=127.0.0.1:2379 put compose-key v
+"${compose[@]}" -p "$project-single" -f compose/single-node.yml down -v >/dev/null 2>&1
 
 # --- docker compose, three members -------------------------------------------
 eps=127.0.0.1:12379,127.0.0.1:22379,127.0.0.1:32379

@@ -171,6 +171,11 @@ impl Store {
         self.db.write_opt(batch, &wo).map_err(db_error)
     }
 
+    /// Makes every write so far durable (the state's writes are not synced one by one).
+    pub fn sync(&self) -> Result<(), KvError> {
+        self.db.flush_wal(true).map_err(db_error)
+    }
+
     /// The Raft layer's applied state as last recorded by `apply`.
     pub fn raft_applied(&self) -> Option<Vec<u8>> {
         self.get_meta(keys::META_RAFT_APPLIED)
