@@ -46,6 +46,12 @@ pub const UNSUPPORTED: &[&str] = &[
     "peer-client-key-file", "initial-election-tick-advance", "enable-distributed-tracing",
 ];
 
+/// A setting a config file or an `ETCD_*` variable may carry: any supported
+/// flag but `config-file`, which says where the file is.
+pub fn is_layered_setting(key: &str) -> bool {
+    SUPPORTED.contains(&key) && key != "config-file"
+}
+
 pub fn is_etcd_unsupported(key: &str) -> bool {
     UNSUPPORTED.contains(&key) || key.starts_with("experimental-")
 }

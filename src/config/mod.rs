@@ -126,7 +126,7 @@ fn read_config_file(path: &str) -> Result<Dict, ConfigError> {
                 .join(","),
             _ => return Err(ConfigError::new(format!("{key} in {path}: expected a scalar value"))),
         };
-        if flags::SUPPORTED.contains(&key.as_str()) && key != "config-file" {
+        if flags::is_layered_setting(&key) {
             dict.insert(key, Value::from(text));
         } else if flags::is_etcd_unsupported(&key) {
             if !is_inert(&text) {
@@ -272,7 +272,7 @@ impl Config {
         figment = figment.merge(Env::prefixed(ENV_PREFIX).filter_map(|k| {
             // figment lowercases only after this filter runs.
             let key = k.as_str().to_lowercase().replace('_', "-");
-            (flags::SUPPORTED.contains(&key.as_str()) && key != "config-file").then(|| key.into())
+            flags::is_layered_setting(&key).then(|| key.into())
         }));
         for key in flag_values.keys() {
             if std::env::var_os(env_name(key)).is_some() {

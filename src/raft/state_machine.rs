@@ -104,6 +104,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         tokio::task::spawn_blocking(move || {
             let write_error = |e| sm_error(ErrorVerb::Write, e);
             let mut applied_state = encode(&(applied, &membership));
+            // Every entry clears the marker when it finishes, so only the first
+            // entry applied after a crash can find one: read it once per batch.
+            let interrupted = interrupted_entry(&store);
             let mut results = Vec::with_capacity(entries.len());
             for entry in entries {
                 let log_id = entry.log_id;
@@ -123,7 +126,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 // Each command is its own atomic write; until the last one the
                 // entry counts as not applied, and `progress` says how far it
                 // got, so a crash mid-entry neither loses nor repeats a command.
-                let resume_at = resume_point(&store, log_id);
+                let resume_at = interrupted.filter(|(id, _)| *id == log_id).map_or(0, |(_, done)| done);
                 for (i, command) in commands.iter().enumerate() {
                     if i < resume_at {
                         outcomes.push(CommandResult {
@@ -184,13 +187,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 }
 
-/// How many commands of entry `log_id` were applied before a crash cut it short.
-fn resume_point(store: &Store, log_id: LogId) -> usize {
-    store
-        .entry_progress()
-        .and_then(|bytes| decode::<(LogId, usize)>(&bytes).ok())
-        .filter(|(id, _)| *id == log_id)
-        .map_or(0, |(_, done)| done)
+/// The entry a crash cut short, and how many of its commands were applied.
+fn interrupted_entry(store: &Store) -> Option<(LogId, usize)> {
+    store.entry_progress().and_then(|bytes| decode::<(LogId, usize)>(&bytes).ok())
 }
 
 #[cfg(test)]

@@ -206,7 +206,7 @@ impl Store {
         let mut batch = WriteBatch::default();
         batch.put_cf(Cfs::handle(&self.db, Cfs::META), keys::META_IDENTITY, keys::encode(&(member_id, cluster_id)));
         self.write(batch)?;
-        self.db.flush_wal(true).map_err(db_error)
+        self.sync()
     }
 
     /// Bytes on disk (SST files plus memtables), for Status and the space quota.
@@ -225,7 +225,7 @@ impl Store {
     pub fn export(&self) -> Result<(Vec<u8>, Option<Vec<u8>>), KvError> {
         // Once a snapshot exists, Raft may purge the log it covers: what the
         // snapshot holds must not be lost to a crash of the (unsynced) state.
-        self.db.flush_wal(true).map_err(db_error)?;
+        self.sync()?;
         let snapshot = self.db.snapshot();
         let mut rows: Vec<(u8, Vec<u8>, Vec<u8>)> = Vec::new();
         for (i, name) in Cfs::ALL.iter().enumerate() {
@@ -267,7 +267,7 @@ impl Store {
         }
         batch.put_cf(meta, keys::META_RAFT_APPLIED, raft_state);
         self.write(batch)?;
-        self.db.flush_wal(true).map_err(db_error)?;
+        self.sync()?;
         self.load_revisions();
         Ok(())
     }
