@@ -320,7 +320,8 @@ pub fn healthcheck(args: Vec<String>) -> u8 {
     }
 }
 
-fn http_get(endpoint: &str, path: &str) -> std::io::Result<String> {
+/// A minimal HTTP/1.1 GET: the body of the response, whatever its status.
+pub fn http_get(endpoint: &str, path: &str) -> std::io::Result<String> {
     use std::io::{Read, Write};
     use std::net::ToSocketAddrs;
     let addr = endpoint

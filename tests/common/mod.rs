@@ -157,15 +157,9 @@ pub fn wait_healthy_at(endpoint: &str, within: Duration, log: &Path) {
     }
 }
 
-/// A minimal HTTP/1.1 GET; returns the body of a response of any status.
+/// The body of `GET path` on `endpoint`, with the client `cairn healthcheck` uses.
 pub fn http_get(endpoint: &str, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(endpoint).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {endpoint}\r\nConnection: close\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    out.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+    cairn::ctl::http_get(endpoint, path).ok()
 }
 
 /// Runs Debian's etcdctl (v3 API) against `endpoints`.
