@@ -1,8 +1,13 @@
+const PROTOS: [&str; 3] = ["proto/peer.proto", "proto/v3lock.proto", "proto/v3election.proto"];
+
 fn main() {
-    println!("cargo:rerun-if-changed=proto/peer.proto");
+    println!("cargo:rerun-if-changed=proto");
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        .compile_protos(&["proto/peer.proto"], &["proto"])
-        .expect("compiling proto/peer.proto (is protoc installed? apt-get install protobuf-compiler)");
+        // etcd's own messages come from the etcd-client crate.
+        .extern_path(".etcdserverpb.ResponseHeader", "::etcd_client::proto::PbResponseHeader")
+        .extern_path(".mvccpb.KeyValue", "::etcd_client::proto::PbKeyValue")
+        .compile_protos(&PROTOS, &["proto"])
+        .expect("compiling proto/*.proto (is protoc installed? apt-get install protobuf-compiler)");
 }

@@ -17,40 +17,8 @@ cargo build --release --locked --bin cairn --example kv_bench >&2
 bin=$CARGO_TARGET_DIR/release
 work=$(mktemp -d)
 pids=()
-stop_all() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
+. scripts/bench-lib.sh
 trap 'stop_all; rm -rf "$work"' EXIT
-
-wait_healthy() {
-  for _ in $(seq 200); do
-    curl -fs "http://127.0.0.1:$1/health" | grep -q '"health":"true"' && return 0
-    sleep 0.1
-  done
-  echo "server on :$1 did not become healthy" >&2; exit 1
-}
-
-start_cluster() { # kind binary base_port
-  local kind=$1 binary=$2 base=$3 cluster="" i
-  for i in $(seq "$members"); do cluster+="${cluster:+,}$kind$i=http://127.0.0.1:$((base + 10 * i + 1))"; done
-  for i in $(seq "$members"); do
-    local c=$((base + 10 * i)) p=$((base + 10 * i + 1))
-    "$binary" --name "$kind$i" --data-dir "$work/$kind$i" \
-      --listen-client-urls "http://127.0.0.1:$c" --advertise-client-urls "http://127.0.0.1:$c" \
-      --listen-peer-urls "http://127.0.0.1:$p" --initial-advertise-peer-urls "http://127.0.0.1:$p" \
-      --initial-cluster "$cluster" --initial-cluster-token "bench-$kind" >"$work/$kind$i.log" 2>&1 &
-    pids+=($!)
-  done
-  for i in $(seq "$members"); do wait_healthy $((base + 10 * i)); done
-}
-
-leader_endpoint() { # base_port
-  local eps="" i
-  for i in $(seq "$members"); do eps+="${eps:+,}127.0.0.1:$(($1 + 10 * i))"; done
-  ETCDCTL_API=3 etcdctl --endpoints="$eps" endpoint status -w json | python3 -c '
-import json, sys
-for e in json.load(sys.stdin):
-    if e["Status"]["header"]["member_id"] == e["Status"]["leader"]:
-        print(e["Endpoint"])'
-}
 
 declare -A rate p50 p99
 for kind in etcd cairn; do

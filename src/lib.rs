@@ -7,4 +7,6 @@ pub mod ctl;
 pub mod raft;
 pub mod server;
 pub mod store;
+pub mod watch;
+pub mod lease;
 pub mod logging;

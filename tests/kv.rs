@@ -3,29 +3,15 @@
 
 mod common;
 
-use std::time::Duration;
 
-use common::{client, runtime, Member};
+use common::{client, code_and_message, runtime, single_member};
 use etcd_client::{Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp};
 
-fn start() -> (tempfile::TempDir, Member) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut m = Member::single(dir.path(), "kv");
-    m.start();
-    m.wait_healthy(Duration::from_secs(10));
-    (dir, m)
-}
 
-fn code_and_message(e: etcd_client::Error) -> (tonic::Code, String) {
-    match e {
-        etcd_client::Error::GRpcStatus(s) => (s.code(), s.message().to_string()),
-        other => panic!("expected a gRPC status, got {other:?}"),
-    }
-}
 
 #[test]
 fn revisions_versions_and_headers() {
-    let (_dir, m) = start();
+    let (_dir, m) = single_member(&[]);
     runtime().block_on(async {
         let mut c = client(&[m.endpoint()]).await;
         let r1 = c.put("a", "1", None).await.unwrap();
@@ -66,7 +52,7 @@ fn revisions_versions_and_headers() {
 
 #[test]
 fn range_options() {
-    let (_dir, m) = start();
+    let (_dir, m) = single_member(&[]);
     runtime().block_on(async {
         let mut c = client(&[m.endpoint()]).await;
         for (k, v) in [("k3", "a"), ("k1", "c"), ("k2", "b"), ("k1", "cc"), ("l", "z")] {
@@ -119,7 +105,7 @@ fn range_options() {
 
 #[test]
 fn transactions() {
-    let (_dir, m) = start();
+    let (_dir, m) = single_member(&[]);
     runtime().block_on(async {
         let mut c = client(&[m.endpoint()]).await;
         let rev = c.put("t", "v1", None).await.unwrap().header().unwrap().revision();
@@ -196,7 +182,7 @@ fn transactions() {
 
 #[test]
 fn put_options_and_errors() {
-    let (_dir, m) = start();
+    let (_dir, m) = single_member(&[]);
     runtime().block_on(async {
         let mut c = client(&[m.endpoint()]).await;
         let err = c.put("x", "v", Some(PutOptions::new().with_ignore_value())).await.unwrap_err();
@@ -221,7 +207,7 @@ fn put_options_and_errors() {
 
 #[test]
 fn compaction() {
-    let (_dir, m) = start();
+    let (_dir, m) = single_member(&[]);
     runtime().block_on(async {
         let mut c = client(&[m.endpoint()]).await;
         let r1 = c.put("c", "1", None).await.unwrap().header().unwrap().revision();
@@ -248,10 +234,7 @@ fn compaction() {
 
 #[test]
 fn space_quota_refuses_puts_not_deletes() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut m = Member::single(dir.path(), "quota").with_args(&["--quota-backend-bytes", "1"]);
-    m.start();
-    m.wait_healthy(Duration::from_secs(10));
+    let (_dir, m) = single_member(&["--quota-backend-bytes", "1"]);
     runtime().block_on(async {
         let mut c = client(&[m.endpoint()]).await;
         let err = c.put("k", "v", None).await.unwrap_err();

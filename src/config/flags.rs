@@ -23,10 +23,16 @@ pub const SUPPORTED: &[&str] = &[
     "quota-backend-bytes",
     "max-request-bytes",
     "max-txn-ops",
+    "experimental-watch-progress-notify-interval",
+    "experimental-lease-checkpoint-interval",
+    "experimental-enable-lease-checkpoint",
     "log-level",
     "logger",
     "config-file",
 ];
+
+/// Go boolean flags: a bare `--name` means true, and only `--name=false` sets false.
+pub const BOOLEAN: &[&str] = &["experimental-enable-lease-checkpoint"];
 
 /// etcd flags that cairn does not serve yet: named in the error rather than
 /// silently ignored.
@@ -53,7 +59,7 @@ pub fn is_layered_setting(key: &str) -> bool {
 }
 
 pub fn is_etcd_unsupported(key: &str) -> bool {
-    UNSUPPORTED.contains(&key) || key.starts_with("experimental-")
+    !SUPPORTED.contains(&key) && (UNSUPPORTED.contains(&key) || key.starts_with("experimental-"))
 }
 
 /// What the command line asks for.
@@ -85,6 +91,7 @@ pub fn parse(args: &[String]) -> Result<Invocation, ConfigError> {
         }
         let value = match inline {
             Some(v) => v,
+            None if BOOLEAN.contains(&name) => "true".to_string(),
             None => {
                 i += 1;
                 args.get(i).cloned().ok_or_else(|| ConfigError::new(format!("flag needs an argument: --{name}")))?

@@ -7,6 +7,7 @@ pub mod flags;
 mod urls;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use figment::providers::Env;
 use figment::value::{Dict, Map, Value};
@@ -56,6 +57,8 @@ pub struct Config {
     pub quota_backend_bytes: u64,
     pub max_request_bytes: u64,
     pub max_txn_ops: u64,
+    pub watch_progress_notify_interval: Duration,
+    pub lease_checkpoint_interval: Duration,
     pub log_level: String,
     pub logger: String,
     /// Notes for the log once it is set up: flags that beat an environment
@@ -79,6 +82,8 @@ impl Provider for Layer {
     }
 }
 
+const DEFAULT_PROGRESS: Duration = Duration::from_secs(600);
+const DEFAULT_CHECKPOINT: Duration = Duration::from_secs(300);
 const FLAG_LAYER: &str = "command-line flag";
 const ENV_PREFIX: &str = "ETCD_";
 
@@ -233,6 +238,16 @@ impl Settings {
         }
     }
 
+    /// A Go duration ("10m", "1m30s", "500ms"), as etcd's duration flags take.
+    fn duration(&self, key: &str, default: Duration) -> Result<Duration, ConfigError> {
+        match self.raw(key) {
+            None => Ok(default),
+            Some(v) => parse_go_duration(v.trim()).ok_or_else(|| {
+                ConfigError::new(format!("invalid value {v:?} for {}: expected a duration such as 10m or 500ms", self.origin(key)))
+            }),
+        }
+    }
+
     fn one_of(&self, key: &str, default: &str, allowed: &[&str]) -> Result<String, ConfigError> {
         let v = self.string(key, default);
         if allowed.contains(&v.as_str()) {
@@ -252,6 +267,37 @@ impl Settings {
             .map(|u| ListenUrl::parse(u).map_err(|e| ConfigError::new(format!("{}: {e}", self.origin(key)))))
             .collect()
     }
+}
+
+/// Go's time.ParseDuration for non-negative values: a sequence of decimal
+/// numbers, each with a unit (ns, us, µs, ms, s, m, h); "0" alone is allowed.
+fn parse_go_duration(text: &str) -> Option<Duration> {
+    if text == "0" {
+        return Some(Duration::ZERO);
+    }
+    let mut rest = text;
+    let mut total = 0f64;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let number_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let number: f64 = rest[..number_len].parse().ok()?;
+        rest = &rest[number_len..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let seconds_per_unit = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += number * seconds_per_unit;
+    }
+    Duration::try_from_secs_f64(total).ok()
 }
 
 impl Config {
@@ -327,6 +373,8 @@ impl Config {
             s.raw("data-dir").filter(|d| !d.is_empty()).or(defaults.data_dir).unwrap_or_else(|| format!("{name}.etcd")),
         );
         let quota = s.number("quota-backend-bytes", 0)?;
+        // Accepted for etcd's command lines; cairn always checkpoints leases.
+        s.one_of("experimental-enable-lease-checkpoint", "true", &["true", "false"])?;
         Ok(Config {
             wal_dir: s.raw("wal-dir").filter(|d| !d.is_empty()).map(PathBuf::from),
             snapshot_count: s.number("snapshot-count", 100_000)?.max(1),
@@ -342,11 +390,36 @@ impl Config {
             quota_backend_bytes: if quota == 0 { 2 * 1024 * 1024 * 1024 } else { quota },
             max_request_bytes: s.number("max-request-bytes", 1_572_864)?,
             max_txn_ops: s.number("max-txn-ops", 128)?,
+            // As etcd: zero keeps the default.
+            watch_progress_notify_interval: Some(s.duration("experimental-watch-progress-notify-interval", DEFAULT_PROGRESS)?)
+                .filter(|d| !d.is_zero())
+                .unwrap_or(DEFAULT_PROGRESS),
+            lease_checkpoint_interval: Some(s.duration("experimental-lease-checkpoint-interval", DEFAULT_CHECKPOINT)?)
+                .filter(|d| !d.is_zero())
+                .unwrap_or(DEFAULT_CHECKPOINT),
             log_level: s.one_of("log-level", "info", &["debug", "info", "warn", "error", "panic", "fatal"])?,
             logger: s.one_of("logger", "zap", &["zap", "capnslog"])?,
             name,
             data_dir,
             notices,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations() {
+        let ms = |n| Some(Duration::from_millis(n));
+        assert_eq!(parse_go_duration("10m"), ms(600_000));
+        assert_eq!(parse_go_duration("1m30s"), ms(90_000));
+        assert_eq!(parse_go_duration("500ms"), ms(500));
+        assert_eq!(parse_go_duration("1.5s"), ms(1500));
+        assert_eq!(parse_go_duration("0"), ms(0));
+        for bad in ["", "10", "s", "1x", "-1s", "1s2"] {
+            assert_eq!(parse_go_duration(bad), None, "{bad}");
+        }
     }
 }

@@ -19,6 +19,8 @@ use super::{LogStore, PeerNode, PeerRefusal, PeerService, Raft, StateMachine};
 use crate::store::log::LogDb;
 use crate::store::types::{Command, CommandResult, KvError};
 use crate::store::Store;
+use crate::lease::{LeaseQuery, LeaseStatus, Lessor};
+use crate::watch::Hub;
 
 pub struct RaftSettings {
     pub heartbeat_ms: u64,
@@ -37,6 +39,9 @@ pub struct Consensus {
     member_id: u64,
     peers: Peers,
     request_timeout: Duration,
+    election_timeout: Duration,
+    /// The leases; on the leader, the one that keeps their time.
+    lessor: Arc<Lessor>,
 }
 
 /// How a failed attempt ends: try again (nothing was proposed), or give up.
@@ -51,6 +56,8 @@ impl Consensus {
         settings: &RaftSettings,
         log: LogDb,
         store: Arc<Store>,
+        hub: Arc<Hub>,
+        lessor: Arc<Lessor>,
         snapshot_file: PathBuf,
     ) -> anyhow::Result<Consensus> {
         let config = Config {
@@ -78,7 +85,7 @@ impl Consensus {
             config,
             peers.clone(),
             LogStore::new(log),
-            StateMachine::new(store, snapshot_file),
+            StateMachine::new(store, hub, lessor.clone(), snapshot_file),
         )
         .await?;
         // etcd's request timeout: 5 s plus two election timeouts.
@@ -86,7 +93,18 @@ impl Consensus {
         let proposer = Proposer::start(raft.clone());
         let leader_reads = ReadIndexRounds::as_leader(raft.clone());
         let follower_reads = ReadIndexRounds::from_leader(raft.clone(), peers.clone(), request_timeout);
-        Ok(Consensus { raft, proposer, leader_reads, follower_reads, member_id, peers, request_timeout })
+        let election_timeout = Duration::from_millis(settings.election_ms);
+        Ok(Consensus {
+            raft,
+            proposer,
+            leader_reads,
+            follower_reads,
+            member_id,
+            peers,
+            request_timeout,
+            election_timeout,
+            lessor,
+        })
     }
 
     /// Forms a new cluster from the initial members. Every member of a new
@@ -103,7 +121,7 @@ impl Consensus {
     }
 
     pub fn peer_service(&self) -> PeerService {
-        PeerService::new(self.raft.clone(), self.proposer.clone(), self.leader_reads.clone())
+        PeerService::new(self.raft.clone(), self.proposer.clone(), self.leader_reads.clone(), self.lessor.clone())
     }
 
     pub fn metrics(&self) -> RaftMetrics<u64, PeerNode> {
@@ -112,6 +130,25 @@ impl Consensus {
 
     pub fn leader(&self) -> Option<u64> {
         self.raft.metrics().borrow().current_leader
+    }
+
+    /// Completes once this member has known no leader for `patience` (or
+    /// Raft stopped): what ends etcd's require-leader watch streams.
+    pub async fn leader_lost(&self, patience: Duration) {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if metrics.wait_for(|m| m.current_leader.is_none()).await.is_err() {
+                return;
+            }
+            match tokio::time::timeout(patience, metrics.wait_for(|m| m.current_leader.is_some())).await {
+                Ok(Ok(_)) => continue,
+                Ok(Err(_)) | Err(_) => return,
+            }
+        }
+    }
+
+    pub fn election_timeout(&self) -> Duration {
+        self.election_timeout
     }
 
     pub fn term(&self) -> u64 {
@@ -162,6 +199,27 @@ impl Consensus {
                     Err(PeerRefusal::Stopped) => Attempt::Retry,
                     Err(PeerRefusal::Failed(m)) => Attempt::Done(Err(KvError::Internal(m))),
                 }
+            }
+        })
+        .await
+    }
+
+    /// Asks the leader's lessor, which alone keeps lease time.
+    pub async fn lease_query(&self, query: LeaseQuery) -> Result<LeaseStatus, KvError> {
+        self.with_leader(|leader, remaining| async move {
+            let answer = if leader == self.member_id {
+                self.lessor.answer(query)
+            } else {
+                let Some(node) = self.leader_node(leader) else { return Attempt::Retry };
+                match self.peers.call(leader, &node, Some(remaining), Method::Lease, &query).await {
+                    Ok(answer) => answer,
+                    Err(_) => return Attempt::Retry,
+                }
+            };
+            match answer {
+                // Not (yet) the leader's lessor: a new leader is taking over.
+                Err(KvError::NoLeader) => Attempt::Retry,
+                done => Attempt::Done(done),
             }
         })
         .await

@@ -88,6 +88,7 @@ impl Peers {
             Method::InstallSnapshot => client.install_snapshot(req).await,
             Method::Forward => client.forward(req).await,
             Method::ReadIndex => client.read_index(req).await,
+            Method::Lease => client.lease(req).await,
         }?;
         Ok(decode(&reply.into_inner().data)?)
     }
@@ -100,6 +101,7 @@ pub enum Method {
     InstallSnapshot,
     Forward,
     ReadIndex,
+    Lease,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Peers {

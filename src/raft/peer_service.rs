@@ -1,6 +1,8 @@
 //! The server side of the peer protocol: Raft RPCs into openraft, and the
 //! leader's half of write forwarding and ReadIndex.
 
+use std::sync::Arc;
+
 use tonic::{Request, Response, Status};
 
 use super::peerpb::peer_server::Peer;
@@ -8,17 +10,19 @@ use super::peerpb::Payload;
 use super::proposer::Proposer;
 use super::read_index::ReadIndexRounds;
 use super::{decode, encode, PeerRefusal, Raft};
+use crate::lease::{LeaseQuery, Lessor};
 use crate::store::types::{Command, CommandResult};
 
 pub struct PeerService {
     raft: Raft,
     proposer: Proposer,
     reads: ReadIndexRounds,
+    lessor: Arc<Lessor>,
 }
 
 impl PeerService {
-    pub fn new(raft: Raft, proposer: Proposer, reads: ReadIndexRounds) -> PeerService {
-        PeerService { raft, proposer, reads }
+    pub fn new(raft: Raft, proposer: Proposer, reads: ReadIndexRounds, lessor: Arc<Lessor>) -> PeerService {
+        PeerService { raft, proposer, reads, lessor }
     }
 }
 
@@ -53,5 +57,10 @@ impl Peer for PeerService {
     async fn read_index(&self, _req: Request<Payload>) -> Result<Response<Payload>, Status> {
         let result: Result<u64, PeerRefusal> = self.reads.read_index().await;
         reply(&result)
+    }
+
+    async fn lease(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let query: LeaseQuery = payload(req)?;
+        reply(&self.lessor.answer(query))
     }
 }

@@ -10,13 +10,19 @@ use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageError, StorageIOError};
 
 use super::{decode, encode, LogId, PeerNode, StoredMembership, TypeConfig};
-use crate::store::types::{CommandResult, KvError};
+use crate::store::types::{Command, CommandResult, KvError};
 use crate::store::Store;
+use crate::lease::Lessor;
+use crate::watch::Hub;
 
 type Meta = SnapshotMeta<u64, PeerNode>;
 
 pub struct StateMachine {
     store: Arc<Store>,
+    /// Hears every new revision's changes, for watchers.
+    hub: Arc<Hub>,
+    /// Mirrors the store's leases.
+    lessor: Arc<Lessor>,
     snapshot_file: Arc<SnapshotFile>,
 }
 
@@ -53,8 +59,43 @@ fn sm_error(verb: ErrorVerb, e: impl ToString) -> StorageError<u64> {
 type RaftState = (Option<LogId>, StoredMembership);
 
 impl StateMachine {
-    pub fn new(store: Arc<Store>, snapshot_file: PathBuf) -> StateMachine {
-        StateMachine { store, snapshot_file: Arc::new(SnapshotFile { path: snapshot_file, written: Mutex::new(None) }) }
+    pub fn new(store: Arc<Store>, hub: Arc<Hub>, lessor: Arc<Lessor>, snapshot_file: PathBuf) -> StateMachine {
+        let snapshot_file = Arc::new(SnapshotFile { path: snapshot_file, written: Mutex::new(None) });
+        StateMachine { store, hub, lessor, snapshot_file }
+    }
+
+    /// Applies one command (or just moves the applied state, for `None`),
+    /// hands the revision it made to the watchers and its lease changes to
+    /// the lessor.
+    fn apply_one(
+        &self,
+        command: Option<&Command>,
+        raft_state: &[u8],
+        progress: Option<&[u8]>,
+    ) -> Result<CommandResult, StorageError<u64>> {
+        let (result, changes) =
+            self.store.apply(command, raft_state, progress).map_err(|e| sm_error(ErrorVerb::Write, e))?;
+        if let Some(changes) = changes {
+            self.hub.publish(changes);
+        }
+        if result.outcome.is_ok() {
+            match command {
+                Some(Command::LeaseGrant { id, ttl }) => self.lessor.granted(*id, *ttl),
+                Some(Command::LeaseRevoke { id }) => self.lessor.revoked(*id),
+                Some(Command::LeaseCheckpoint(remaining)) => self.lessor.checkpointed(remaining),
+                _ => {}
+            }
+        }
+        Ok(result)
+    }
+
+    fn share(&self) -> StateMachine {
+        StateMachine {
+            store: self.store.clone(),
+            hub: self.hub.clone(),
+            lessor: self.lessor.clone(),
+            snapshot_file: self.snapshot_file.clone(),
+        }
     }
 
     fn raft_state(&self) -> Result<RaftState, StorageError<u64>> {
@@ -99,14 +140,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let entries: Vec<_> = entries.into_iter().collect();
         let (applied, mut membership) = self.raft_state()?;
-        let store = self.store.clone();
+        let sm = self.share();
         // One hop to a blocking thread per batch: RocksDB work stays off the async workers.
         tokio::task::spawn_blocking(move || {
-            let write_error = |e| sm_error(ErrorVerb::Write, e);
             let mut applied_state = encode(&(applied, &membership));
             // Every entry clears the marker when it finishes, so only the first
             // entry applied after a crash can find one: read it once per batch.
-            let interrupted = interrupted_entry(&store);
+            let interrupted = interrupted_entry(&sm.store);
             let mut results = Vec::with_capacity(entries.len());
             for entry in entries {
                 let log_id = entry.log_id;
@@ -121,7 +161,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let done_state = encode(&(Some(log_id), &membership));
                 let mut outcomes = Vec::with_capacity(commands.len());
                 if commands.is_empty() {
-                    store.apply(None, &done_state, None).map_err(write_error)?;
+                    sm.apply_one(None, &done_state, None)?;
                 }
                 // Each command is its own atomic write; until the last one the
                 // entry counts as not applied, and `progress` says how far it
@@ -130,18 +170,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 for (i, command) in commands.iter().enumerate() {
                     if i < resume_at {
                         outcomes.push(CommandResult {
-                            revision: store.revision(),
+                            revision: sm.store.revision(),
                             outcome: Err(KvError::Internal("applied before a restart".into())),
                         });
                         continue;
                     }
                     let finished = i + 1 == commands.len();
                     let result = if finished {
-                        store.apply(Some(command), &done_state, None)
+                        sm.apply_one(Some(command), &done_state, None)
                     } else {
-                        store.apply(Some(command), &applied_state, Some(&encode(&(log_id, i + 1))))
+                        sm.apply_one(Some(command), &applied_state, Some(&encode(&(log_id, i + 1))))
                     };
-                    outcomes.push(result.map_err(write_error)?);
+                    outcomes.push(result?);
                 }
                 results.push(outcomes);
                 applied_state = done_state;
@@ -153,7 +193,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        StateMachine { store: self.store.clone(), snapshot_file: self.snapshot_file.clone() }
+        self.share()
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
@@ -162,13 +202,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn install_snapshot(&mut self, meta: &Meta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError<u64>> {
         let data = snapshot.into_inner();
-        let store = self.store.clone();
-        let file = self.snapshot_file.clone();
+        let sm = self.share();
         let meta = meta.clone();
         tokio::task::spawn_blocking(move || {
             let state = encode(&(meta.last_log_id, &meta.last_membership));
-            store.import(&data, &state).map_err(|e| sm_error(ErrorVerb::Write, e))?;
-            file.write(&meta, &data, true).map_err(|e| sm_error(ErrorVerb::Write, e))?;
+            sm.store.import(&data, &state).map_err(|e| sm_error(ErrorVerb::Write, e))?;
+            sm.hub.reset(sm.store.revision());
+            sm.lessor.reload(sm.store.leases());
+            sm.snapshot_file.write(&meta, &data, true).map_err(|e| sm_error(ErrorVerb::Write, e))?;
             tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "installed snapshot from the leader");
             Ok(())
         })
@@ -197,7 +238,7 @@ mod tests {
     use openraft::{CommittedLeaderId, Entry};
 
     use super::*;
-    use crate::store::types::{Command, Op, PutArgs, RangeArgs};
+    use crate::store::types::{Op, PutArgs, RangeArgs};
 
     fn put(key: &str) -> Command {
         Command::Write(Op::Put(PutArgs { key: key.into(), value: b"v".to_vec(), ..Default::default() }))
@@ -207,7 +248,9 @@ mod tests {
     async fn entry_cut_short_by_a_crash_resumes_without_repeating() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(&dir.path().join("db")).unwrap());
-        let mut sm = StateMachine::new(store.clone(), dir.path().join("raft.snap"));
+        let hub = Arc::new(Hub::new(store.revision(), 1 << 20));
+        let lessor = Arc::new(Lessor::new(Vec::new()));
+        let mut sm = StateMachine::new(store.clone(), hub, lessor, dir.path().join("raft.snap"));
         let log_id = LogId::new(CommittedLeaderId::new(1, 1), 5);
         let commands = vec![put("a"), put("b"), put("c")];
 

@@ -2,6 +2,7 @@
 //! bootstraps a new cluster or recovers from the data dir, serves the peer and
 //! client ports, and shuts down cleanly on SIGTERM/SIGINT.
 
+mod leases;
 mod node;
 mod process;
 
@@ -24,6 +25,12 @@ use crate::raft::{Consensus, PeerNode, RaftSettings};
 use crate::store::log::LogDb;
 use crate::store::types::{Command, MemberInfo};
 use crate::store::Store;
+use crate::lease::Lessor;
+use crate::watch::Hub;
+
+/// Memory for the newest revisions' changes, which watchers that keep up
+/// read instead of the store's history.
+const WATCH_MEMORY_BYTES: usize = 64 * 1024 * 1024;
 
 async fn bind(urls: &[ListenUrl], flag: &str) -> anyhow::Result<Vec<TcpListener>> {
     let mut listeners = Vec::new();
@@ -83,7 +90,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         snapshot_count: config.snapshot_count,
         cluster_token: config.initial_cluster_token.clone(),
     };
-    let consensus = Consensus::start(member_id, &settings, log, store.clone(), snap_dir.join("raft.snap")).await?;
+    let hub = Arc::new(Hub::new(store.revision(), WATCH_MEMORY_BYTES));
+    let lessor = Arc::new(Lessor::new(store.leases()));
+    let consensus = Consensus::start(
+        member_id,
+        &settings,
+        log,
+        store.clone(),
+        hub.clone(),
+        lessor.clone(),
+        snap_dir.join("raft.snap"),
+    )
+    .await?;
     if let Some(cluster) = initial {
         let nodes: BTreeMap<u64, PeerNode> = cluster
             .members
@@ -97,6 +115,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!(member_id = format!("{member_id:x}"), cluster_id = format!("{cluster_id:x}"), "bootstrapped new cluster member");
     }
 
+    let (stop_tx, stop_rx) = watch::channel(false);
     let node = Arc::new(Node {
         name: config.name.clone(),
         member_id,
@@ -106,14 +125,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             max_request_bytes: config.max_request_bytes,
             max_txn_ops: config.max_txn_ops,
             quota_backend_bytes: config.quota_backend_bytes,
+            watch_progress_notify_interval: config.watch_progress_notify_interval,
+            // etcd: 1.5 election timeouts, in whole seconds rounded up.
+            min_lease_ttl: (3 * config.election_timeout).div_ceil(2000) as i64,
         },
         store,
+        hub,
+        lessor,
         consensus,
+        stopping: stop_rx.clone(),
     });
 
-    let (stop_tx, stop_rx) = watch::channel(false);
     let mut servers = serve(&node, peer_listeners, client_listeners, &stop_rx);
     tokio::spawn(publish_self(node.clone(), config.initial_advertise_peer_urls.clone()));
+    tokio::spawn(leases::keep_leases(node.clone(), config.lease_checkpoint_interval));
     tracing::info!(
         name = %config.name,
         client_urls = %config.advertise_client_urls.join(","),

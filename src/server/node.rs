@@ -2,15 +2,23 @@
 //! consensus, and the two request paths (reads and writes).
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
 
 use crate::raft::Consensus;
 use crate::store::types::{Command, CommandResult, KvError, OpResult, RangeArgs, RangeResult, TxnArgs};
 use crate::store::Store;
+use crate::lease::Lessor;
+use crate::watch::Hub;
 
 pub struct Limits {
     pub max_request_bytes: u64,
     pub max_txn_ops: u64,
     pub quota_backend_bytes: u64,
+    pub watch_progress_notify_interval: Duration,
+    /// etcd's minimum lease TTL (seconds): 1.5 election timeouts, rounded up.
+    pub min_lease_ttl: i64,
 }
 
 pub struct Node {
@@ -20,7 +28,11 @@ pub struct Node {
     pub client_urls: Vec<String>,
     pub limits: Limits,
     pub store: Arc<Store>,
+    pub hub: Arc<Hub>,
+    pub lessor: Arc<Lessor>,
     pub consensus: Consensus,
+    /// Turns true when the member begins to stop: long-lived streams end.
+    pub stopping: watch::Receiver<bool>,
 }
 
 /// etcd's response header fields.

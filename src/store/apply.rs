@@ -6,9 +6,9 @@ use std::collections::BTreeSet;
 
 use rocksdb::{IteratorMode, WriteBatch};
 
-use super::keys::{self, Event, Stored};
+use super::keys::{self, Event, LeaseRecord, Stored};
 use super::types::{
-    Compare, CompareResult, CompareTarget, DeleteArgs, KeyValue, KvError, Op, OpResult, PutArgs, TxnArgs,
+    Change, Compare, CompareResult, CompareTarget, DeleteArgs, KeyValue, KvError, Op, OpResult, PutArgs, TxnArgs,
 };
 use super::view::{db_error, RangeEnd, View};
 use super::Cfs;
@@ -16,13 +16,15 @@ use super::Cfs;
 pub struct Execution<'a> {
     pub(super) view: View<'a>,
     pub(super) batch: WriteBatch,
+    /// What this command changed, in order, for watchers.
+    pub(super) changes: Vec<Change>,
     /// Sub-revision of the next change; non-zero once this command changed anything.
     sub: u32,
 }
 
 impl<'a> Execution<'a> {
     pub fn new(view: View<'a>) -> Self {
-        Execution { view, batch: WriteBatch::default(), sub: 0 }
+        Execution { view, batch: WriteBatch::default(), changes: Vec::new(), sub: 0 }
     }
 
     /// The revision of the store once this command is done.
@@ -51,7 +53,7 @@ impl<'a> Execution<'a> {
         }
     }
 
-    fn record(&mut self, kv: &KeyValue, deleted: bool) {
+    fn record(&mut self, kv: KeyValue, deleted: bool, prev: Option<KeyValue>) {
         let rev = self.write_revision();
         let sub = self.sub;
         self.sub += 1;
@@ -65,12 +67,12 @@ impl<'a> Execution<'a> {
         if deleted {
             self.batch.delete_cf(Cfs::handle(db, Cfs::LATEST), &kv.key);
         }
+        self.changes.push(Change { kv, deleted, prev });
     }
 
     fn put(&mut self, args: &PutArgs) -> Result<OpResult, KvError> {
         let prev = self.view.get_latest(&args.key)?;
-        if args.lease != 0 && !args.ignore_lease {
-            // No lease can exist until the Lease service does.
+        if args.lease != 0 && !args.ignore_lease && self.lease(args.lease)?.is_none() {
             return Err(KvError::LeaseNotFound);
         }
         if (args.ignore_value || args.ignore_lease) && prev.is_none() {
@@ -90,11 +92,12 @@ impl<'a> Execution<'a> {
                 _ => args.value.clone(),
             },
         };
-        let kv = stored.clone().into_kv(args.key.clone());
-        self.record(&kv, false);
         self.batch.put_cf(Cfs::handle(self.view.db, Cfs::LATEST), &args.key, keys::encode(&stored));
-        self.view.overlay.insert(args.key.clone(), Some(stored));
-        let prev_kv = if args.prev_kv { prev.map(|p| p.into_kv(args.key.clone())) } else { None };
+        self.move_to_lease(&args.key, prev.as_ref().map_or(0, |p| p.lease), stored.lease);
+        self.view.overlay.insert(args.key.clone(), Some(stored.clone()));
+        let prev = prev.map(|p| p.into_kv(args.key.clone()));
+        let prev_kv = if args.prev_kv { prev.clone() } else { None };
+        self.record(stored.into_kv(args.key.clone()), false, prev);
         Ok(OpResult::Put { prev_kv })
     }
 
@@ -107,7 +110,8 @@ impl<'a> Execution<'a> {
         let rev = self.write_revision();
         for kv in &doomed {
             let tombstone = KeyValue { key: kv.key.clone(), mod_revision: rev, ..Default::default() };
-            self.record(&tombstone, true);
+            self.record(tombstone, true, Some(kv.clone()));
+            self.move_to_lease(&kv.key, kv.lease, 0);
             self.view.overlay.insert(kv.key.clone(), None);
         }
         let deleted = doomed.len() as i64;
@@ -160,6 +164,67 @@ impl<'a> Execution<'a> {
         }))
     }
 
+    fn lease(&self, id: i64) -> Result<Option<LeaseRecord>, KvError> {
+        let raw = self.view.db.get_cf(Cfs::handle(self.view.db, Cfs::LEASE), keys::lease_key(id)).map_err(db_error)?;
+        raw.map(|r| super::view::decode(&r)).transpose()
+    }
+
+    /// Records that `key` is held by lease `to` (0: none) instead of `from`.
+    fn move_to_lease(&mut self, key: &[u8], from: i64, to: i64) {
+        if from == to {
+            return;
+        }
+        let cf = Cfs::handle(self.view.db, Cfs::LEASE);
+        if from != 0 {
+            self.batch.delete_cf(cf, keys::lease_attachment(from, key));
+        }
+        if to != 0 {
+            self.batch.put_cf(cf, keys::lease_attachment(to, key), []);
+        }
+    }
+
+    pub fn grant_lease(&mut self, id: i64, ttl: i64) -> Result<(), KvError> {
+        if self.lease(id)?.is_some() {
+            return Err(KvError::LeaseExist);
+        }
+        let record = LeaseRecord { ttl, remaining: None };
+        self.batch.put_cf(Cfs::handle(self.view.db, Cfs::LEASE), keys::lease_key(id), keys::encode(&record));
+        Ok(())
+    }
+
+    /// Deletes the lease and every key attached to it, in one revision.
+    pub fn revoke_lease(&mut self, id: i64) -> Result<(), KvError> {
+        if self.lease(id)?.is_none() {
+            return Err(KvError::LeaseNotFound);
+        }
+        let db = self.view.db;
+        let cf = Cfs::handle(db, Cfs::LEASE);
+        let prefix = keys::lease_keys_prefix(id);
+        let mut attached = Vec::new();
+        for item in db.prefix_iterator_cf(cf, &prefix) {
+            let (k, _) = item.map_err(db_error)?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            attached.push(k[prefix.len()..].to_vec());
+        }
+        for key in attached {
+            self.delete(&DeleteArgs { key, range_end: Vec::new(), prev_kv: false })?;
+        }
+        self.batch.delete_cf(cf, keys::lease_key(id));
+        Ok(())
+    }
+
+    pub fn checkpoint_leases(&mut self, remaining: &[(i64, i64)]) -> Result<(), KvError> {
+        for &(id, left) in remaining {
+            if let Some(mut record) = self.lease(id)? {
+                record.remaining = Some(left);
+                self.batch.put_cf(Cfs::handle(self.view.db, Cfs::LEASE), keys::lease_key(id), keys::encode(&record));
+            }
+        }
+        Ok(())
+    }
+
     /// Drops every version older than the newest one at or below `revision`
     /// (and that one too when it is a deletion).
     pub fn compact(&mut self, revision: i64) -> Result<(), KvError> {
@@ -206,6 +271,7 @@ impl<'a> Execution<'a> {
     /// Forgets the changes of a command that failed part-way.
     pub fn discard(&mut self) {
         self.batch.clear();
+        self.changes.clear();
         self.sub = 0;
     }
 

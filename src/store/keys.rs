@@ -4,6 +4,7 @@
 //! - `history`: revision(8) ++ sub(4) -> `Event` (every change; serves old revisions and watch catch-up)
 //! - `index`:   escaped user key ++ revision(8) -> sub(4) ++ tombstone(1) (finds a key's version at a revision)
 //! - `meta`:    small named values (revision, compact revision, Raft applied state, members)
+//! - `lease`:   `l` ++ id(8) -> `LeaseRecord`; `k` ++ id(8) ++ user key -> "" (the keys a lease holds)
 
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +45,38 @@ pub fn history_key(revision: i64, sub: u32) -> [u8; 12] {
     k[..8].copy_from_slice(&(revision as u64).to_be_bytes());
     k[8..].copy_from_slice(&sub.to_be_bytes());
     k
+}
+
+/// A lease as the store keeps it: its granted TTL and, once checkpointed,
+/// the TTL it had left then (what a restart resumes from).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    pub ttl: i64,
+    pub remaining: Option<i64>,
+}
+
+pub const LEASE_PREFIX: &[u8] = b"l";
+pub const LEASE_KEY_PREFIX: &[u8] = b"k";
+
+pub fn lease_key(id: i64) -> Vec<u8> {
+    [LEASE_PREFIX, &id.to_be_bytes()].concat()
+}
+
+pub fn lease_id_of(lease_key: &[u8]) -> i64 {
+    i64::from_be_bytes(lease_key[1..9].try_into().expect("lease keys hold an 8-byte id"))
+}
+
+/// Where the keys attached to lease `id` are listed.
+pub fn lease_keys_prefix(id: i64) -> Vec<u8> {
+    [LEASE_KEY_PREFIX, &id.to_be_bytes()].concat()
+}
+
+pub fn lease_attachment(id: i64, key: &[u8]) -> Vec<u8> {
+    [LEASE_KEY_PREFIX, &id.to_be_bytes(), key].concat()
+}
+
+pub fn history_revision(history_key: &[u8]) -> i64 {
+    u64::from_be_bytes(history_key[..8].try_into().expect("history keys are 12 bytes")) as i64
 }
 
 /// Escapes a user key so that it sorts like the key and no escaped key is a

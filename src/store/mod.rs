@@ -13,10 +13,13 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 
 use keys::{decode_i64, META_COMPACT_REVISION, META_REVISION};
-use types::{Command, CommandResult, KvError, MemberInfo, Op, OpResult, RangeArgs, RangeResult, TxnArgs};
+use types::{
+    Change, Command, CommandResult, KvError, MemberInfo, Op, OpResult, RangeArgs, RangeResult, RevisionChanges, TxnArgs,
+};
 use view::{db_error, decode, View};
 
 pub use apply::check_duplicate_keys;
+pub use view::RangeEnd;
 
 /// Column family names of the state database.
 struct Cfs;
@@ -26,7 +29,8 @@ impl Cfs {
     const HISTORY: &'static str = "history";
     const INDEX: &'static str = "index";
     const META: &'static str = "meta";
-    const ALL: [&'static str; 4] = [Self::LATEST, Self::HISTORY, Self::INDEX, Self::META];
+    const LEASE: &'static str = "lease";
+    const ALL: [&'static str; 5] = [Self::LATEST, Self::HISTORY, Self::INDEX, Self::META, Self::LEASE];
 
     fn handle<'d>(db: &'d DB, name: &str) -> &'d rocksdb::ColumnFamily {
         db.cf_handle(name).expect("column families are created at open")
@@ -112,12 +116,14 @@ impl Store {
     /// Applies one committed command and records, in the same atomic write,
     /// `raft_state` (the Raft layer's applied log id and membership) and
     /// `progress` (how far into a multi-command entry it is, if not done).
+    /// Returns the command's result and, if it made a new revision, that
+    /// revision's changes for watchers.
     pub fn apply(
         &self,
         command: Option<&Command>,
         raft_state: &[u8],
         progress: Option<&[u8]>,
-    ) -> Result<CommandResult, KvError> {
+    ) -> Result<(CommandResult, Option<RevisionChanges>), KvError> {
         let view = View {
             db: &self.db,
             snapshot: None,
@@ -135,6 +141,9 @@ impl Store {
                 exec.batch.put_cf(Cfs::handle(&self.db, Cfs::META), keys::member_key(member.id), keys::encode(member));
                 Ok(OpResult::Done)
             }
+            Some(Command::LeaseGrant { id, ttl }) => exec.grant_lease(*id, *ttl).map(|()| OpResult::Done),
+            Some(Command::LeaseRevoke { id }) => exec.revoke_lease(*id).map(|()| OpResult::Done),
+            Some(Command::LeaseCheckpoint(remaining)) => exec.checkpoint_leases(remaining).map(|()| OpResult::Done),
         };
         if let Err(KvError::Internal(e)) = &outcome {
             // Storage trouble, not a client mistake: applying on would let
@@ -161,7 +170,54 @@ impl Store {
                 self.compact_revision.store(*c, Ordering::SeqCst);
             }
         }
-        Ok(CommandResult { revision, outcome })
+        let changes = (!exec.changes.is_empty()).then(|| RevisionChanges { revision, changes: exec.changes });
+        Ok((CommandResult { revision, outcome }, changes))
+    }
+
+    /// The changes of revisions `from..=to` from the history, oldest first,
+    /// stopping after the revision that brings them over `max_bytes`; with
+    /// `with_prev`, each change carries the state it replaced. Returns them
+    /// with the last revision they cover.
+    pub fn history(
+        &self,
+        from: i64,
+        to: i64,
+        max_bytes: usize,
+        with_prev: bool,
+    ) -> Result<(Vec<RevisionChanges>, i64), KvError> {
+        let view = self.snapshot_view()?;
+        if from < view.compact_revision {
+            return Err(KvError::Compacted);
+        }
+        let to = to.min(view.revision);
+        let mut ro = rocksdb::ReadOptions::default();
+        ro.set_snapshot(view.snapshot.as_ref().expect("a snapshot view"));
+        ro.set_iterate_upper_bound(keys::history_key(to + 1, 0).to_vec());
+        let start = keys::history_key(from, 0);
+        let iter = self.db.iterator_cf_opt(
+            Cfs::handle(&self.db, Cfs::HISTORY),
+            ro,
+            IteratorMode::From(&start, rocksdb::Direction::Forward),
+        );
+        let mut out: Vec<RevisionChanges> = Vec::new();
+        let mut bytes = 0;
+        for item in iter {
+            let (k, v) = item.map_err(db_error)?;
+            let revision = keys::history_revision(&k);
+            if out.last().is_none_or(|r| r.revision != revision) {
+                if bytes > max_bytes {
+                    let covered = out.last().map_or(from - 1, |r| r.revision);
+                    return Ok((out, covered));
+                }
+                out.push(RevisionChanges { revision, changes: Vec::new() });
+            }
+            let event: keys::Event = decode(&v)?;
+            let prev = if with_prev { view.get_at(&event.kv.key, revision - 1)? } else { None };
+            let change = Change { kv: event.kv, deleted: event.deleted, prev };
+            bytes += change.size_bytes();
+            out.last_mut().expect("pushed above").changes.push(change);
+        }
+        Ok((out, to))
     }
 
     fn write(&self, batch: WriteBatch) -> Result<(), KvError> {
@@ -193,6 +249,31 @@ impl Store {
             .map_while(|item| item.ok())
             .take_while(|(k, _)| k.starts_with(keys::MEMBER_PREFIX))
             .filter_map(|(_, v)| decode(&v).ok())
+            .collect()
+    }
+
+    /// Every lease: (id, granted TTL, TTL left at the last checkpoint).
+    pub fn leases(&self) -> Vec<(i64, i64, Option<i64>)> {
+        let cf = Cfs::handle(&self.db, Cfs::LEASE);
+        self.db
+            .prefix_iterator_cf(cf, keys::LEASE_PREFIX)
+            .map_while(|item| item.ok())
+            .take_while(|(k, _)| k.starts_with(keys::LEASE_PREFIX))
+            .filter_map(|(k, v)| {
+                let record: keys::LeaseRecord = decode(&v).ok()?;
+                Some((keys::lease_id_of(&k), record.ttl, record.remaining))
+            })
+            .collect()
+    }
+
+    /// The keys attached to lease `id`, in key order.
+    pub fn lease_keys(&self, id: i64) -> Vec<Vec<u8>> {
+        let prefix = keys::lease_keys_prefix(id);
+        self.db
+            .prefix_iterator_cf(Cfs::handle(&self.db, Cfs::LEASE), &prefix)
+            .map_while(|item| item.ok())
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, _)| k[prefix.len()..].to_vec())
             .collect()
     }
 

@@ -121,6 +121,36 @@ pub enum OpResult {
     Done,
 }
 
+/// One key's change as watchers see it: its new state (or deletion, whose
+/// `kv` holds only the key and the revision) and the state it replaced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub kv: KeyValue,
+    pub deleted: bool,
+    pub prev: Option<KeyValue>,
+}
+
+/// Every change of one revision, in the order the command made them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RevisionChanges {
+    pub revision: i64,
+    pub changes: Vec<Change>,
+}
+
+impl Change {
+    /// Roughly the memory the change holds, to bound what is kept of changes.
+    pub fn size_bytes(&self) -> usize {
+        let kv_bytes = |kv: &KeyValue| kv.key.len() + kv.value.len() + 48;
+        kv_bytes(&self.kv) + self.prev.as_ref().map_or(0, kv_bytes)
+    }
+}
+
+impl RevisionChanges {
+    pub fn size_bytes(&self) -> usize {
+        self.changes.iter().map(Change::size_bytes).sum::<usize>() + 32
+    }
+}
+
 /// A member as the cluster records it: Raft knows it by id and peer URLs; the
 /// client URLs are published by the member itself once it runs.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,6 +168,11 @@ pub enum Command {
     Write(Op),
     Compact { revision: i64, physical: bool },
     PublishMember(MemberInfo),
+    LeaseGrant { id: i64, ttl: i64 },
+    /// Deletes the lease and, in one revision, every key attached to it.
+    LeaseRevoke { id: i64 },
+    /// Records the TTLs leases had left (lease id, seconds), so a restart resumes from them.
+    LeaseCheckpoint(Vec<(i64, i64)>),
 }
 
 /// The state machine's answer to one committed command.
@@ -163,6 +198,10 @@ pub enum KvError {
     TooManyOps,
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
+    #[error("etcdserver: lease already exists")]
+    LeaseExist,
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
     #[error("etcdserver: key not found")]
     KeyNotFound,
     #[error("etcdserver: value is provided")]
@@ -210,7 +249,8 @@ impl Command {
         }
         match self {
             Command::Write(op) => op_bytes(op),
-            Command::Compact { .. } | Command::PublishMember(_) => 64,
+            Command::LeaseCheckpoint(list) => 16 * list.len(),
+            Command::Compact { .. } | Command::PublishMember(_) | Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => 64,
         }
     }
 }

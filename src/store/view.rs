@@ -125,6 +125,18 @@ impl<'a> View<'a> {
         Ok(())
     }
 
+    /// The key's state at `revision`, if it existed then (and is not compacted away).
+    pub fn get_at(&self, key: &[u8], revision: i64) -> Result<Option<KeyValue>, KvError> {
+        let mut found = None;
+        if revision > 0 {
+            self.scan_at(key, &RangeEnd::Single, revision, |kv| {
+                found = Some(kv);
+                false
+            })?;
+        }
+        Ok(found)
+    }
+
     /// The key-values of `[start, end)` as they were at `revision`, read from the
     /// history through the per-key index.
     fn scan_at(

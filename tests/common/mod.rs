@@ -162,6 +162,30 @@ pub fn http_get(endpoint: &str, path: &str) -> Option<String> {
     cairn::ctl::http_get(endpoint, path).ok()
 }
 
+/// One started, healthy member in a fresh directory, with extra flags.
+pub fn single_member(extra: &[&str]) -> (tempfile::TempDir, Member) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = Member::single(dir.path(), "single").with_args(extra);
+    m.start();
+    m.wait_healthy(Duration::from_secs(10));
+    (dir, m)
+}
+
+/// The gRPC code and message of a client error that must be a gRPC status.
+pub fn code_and_message(e: etcd_client::Error) -> (tonic::Code, String) {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => (s.code(), s.message().to_string()),
+        other => panic!("expected a gRPC status, got {other:?}"),
+    }
+}
+
+/// Debian's etcdctl (v3 API) against `endpoints`, ready to run.
+pub fn etcdctl_command(endpoints: &str, args: &[&str]) -> Command {
+    let mut command = Command::new("etcdctl");
+    command.env("ETCDCTL_API", "3").arg(format!("--endpoints={endpoints}")).args(args);
+    command
+}
+
 /// Runs Debian's etcdctl (v3 API) against `endpoints`.
 pub fn etcdctl(endpoints: &str, args: &[&str]) -> Output {
     etcdctl_stdin(endpoints, args, "")
@@ -169,10 +193,7 @@ pub fn etcdctl(endpoints: &str, args: &[&str]) -> Output {
 
 pub fn etcdctl_stdin(endpoints: &str, args: &[&str], stdin: &str) -> Output {
     use std::io::Write;
-    let mut child = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={endpoints}"))
-        .arg("--command-timeout=10s")
+    let mut child = etcdctl_command(endpoints, &["--command-timeout=10s"])
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -224,4 +245,37 @@ pub fn three_member_cluster_with(dir: &Path, extra: &[&str]) -> Vec<Member> {
     members.iter_mut().for_each(Member::start);
     members.iter().for_each(|m| m.wait_healthy(Duration::from_secs(20)));
     members
+}
+
+/// Real etcd (Debian's etcd-server), to compare behavior against; `None`
+/// (with a visible note) where it is not installed.
+pub struct RealEtcd {
+    pub endpoint: String,
+    _proc: Proc,
+}
+
+impl RealEtcd {
+    pub fn start(dir: &Path) -> Option<RealEtcd> {
+        if Command::new("etcd").arg("--version").output().is_err() {
+            eprintln!("NOTE: etcd (Debian's etcd-server) is not installed; skipping the comparison with real etcd");
+            return None;
+        }
+        let (c, p) = (free_port(), free_port());
+        let client_url = format!("http://127.0.0.1:{c}");
+        let peer_url = format!("http://127.0.0.1:{p}");
+        let log = std::fs::File::create(dir.join("etcd.log")).unwrap();
+        let child = Command::new("etcd")
+            .args(["--name", "etcd", "--data-dir", dir.join("etcd.data").to_str().unwrap()])
+            .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
+            .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("etcd={peer_url}")])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting etcd");
+        let endpoint = format!("127.0.0.1:{c}");
+        let proc = Proc(child);
+        wait_healthy_at(&endpoint, Duration::from_secs(20), &dir.join("etcd.log"));
+        Some(RealEtcd { endpoint, _proc: proc })
+    }
 }

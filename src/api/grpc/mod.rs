@@ -2,14 +2,21 @@
 //! key-value conversion, and etcd's error codes and messages.
 
 mod cluster;
+mod election;
 mod kv;
+mod lease;
+mod lock;
 mod maintenance;
+mod ownership;
+mod watch;
 
 pub use maintenance::ETCD_VERSION;
 
 use std::sync::Arc;
 
-use etcd_client::proto::{PbClusterServer, PbKeyValue, PbKvServer, PbMaintenanceServer, PbResponseHeader};
+use etcd_client::proto::{
+    PbClusterServer, PbKeyValue, PbKvServer, PbLeaseServer, PbMaintenanceServer, PbResponseHeader, PbWatchServer,
+};
 use tonic::service::Routes;
 use tonic::{Code, Status};
 
@@ -24,7 +31,11 @@ pub fn routes(node: Arc<Node>) -> Routes {
     let max_recv = node.limits.max_request_bytes as usize + GRPC_OVERHEAD_BYTES;
     Routes::new(PbKvServer::new(kv::KvService::new(node.clone())).max_decoding_message_size(max_recv).max_encoding_message_size(usize::MAX))
         .add_service(PbMaintenanceServer::new(maintenance::MaintenanceService::new(node.clone())))
-        .add_service(PbClusterServer::new(cluster::ClusterService::new(node)))
+        .add_service(PbClusterServer::new(cluster::ClusterService::new(node.clone())))
+        .add_service(PbWatchServer::new(watch::WatchService::new(node.clone())).max_encoding_message_size(usize::MAX))
+        .add_service(PbLeaseServer::new(lease::LeaseService::new(node.clone())))
+        .add_service(lock::pb::lock_server::LockServer::new(lock::LockService::new(node.clone())))
+        .add_service(election::pb::election_server::ElectionServer::new(election::ElectionService::new(node)))
 }
 
 pub fn header(node: &Node, revision: i64) -> Option<PbResponseHeader> {
@@ -53,7 +64,8 @@ pub fn status(e: KvError) -> Status {
         | KvError::TooManyOps
         | KvError::DuplicateKey
         | KvError::RequestTooLarge => Code::InvalidArgument,
-        KvError::Compacted | KvError::FutureRevision => Code::OutOfRange,
+        KvError::Compacted | KvError::FutureRevision | KvError::LeaseTtlTooLarge => Code::OutOfRange,
+        KvError::LeaseExist => Code::FailedPrecondition,
         KvError::LeaseNotFound => Code::NotFound,
         KvError::NoSpace => Code::ResourceExhausted,
         KvError::NoLeader | KvError::LeaderChanged | KvError::Timeout | KvError::Stopped => Code::Unavailable,

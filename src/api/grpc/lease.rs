@@ -1,0 +1,126 @@
+//! `etcdserverpb.Lease`: Grant, Revoke, KeepAlive, TimeToLive, Leases.
+//! Grants and revokes go through Raft; keepalives and remaining TTLs are the
+//! leader lessor's to answer, wherever the client is connected.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use etcd_client::proto::{
+    PbLeaseGrantRequest, PbLeaseGrantResponse, PbLeaseKeepAliveRequest, PbLeaseKeepAliveResponse,
+    PbLeaseLeasesRequest, PbLeaseLeasesResponse, PbLeaseRevokeRequest, PbLeaseRevokeResponse, PbLeaseService,
+    PbLeaseStatus, PbLeaseTimeToLiveRequest, PbLeaseTimeToLiveResponse,
+};
+use futures::{Stream, StreamExt};
+use sha2::{Digest, Sha256};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{header, status};
+use crate::lease::{LeaseQuery, MAX_TTL};
+use crate::server::Node;
+use crate::store::types::{Command, KvError};
+
+pub struct LeaseService {
+    node: Arc<Node>,
+}
+
+impl LeaseService {
+    pub fn new(node: Arc<Node>) -> Self {
+        LeaseService { node }
+    }
+
+    /// A fresh positive lease id, distinct across members and restarts.
+    fn new_lease_id(&self) -> i64 {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        let seed = (self.node.member_id, nanos, COUNTER.fetch_add(1, Ordering::Relaxed));
+        let digest = Sha256::digest(format!("{seed:?}").as_bytes());
+        let id = i64::from_be_bytes(digest[..8].try_into().expect("32-byte digest")) & i64::MAX;
+        id.max(1)
+    }
+}
+
+type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<PbLeaseKeepAliveResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl PbLeaseService for LeaseService {
+    async fn lease_grant(&self, request: Request<PbLeaseGrantRequest>) -> Result<Response<PbLeaseGrantResponse>, Status> {
+        let r = request.into_inner();
+        if r.ttl > MAX_TTL {
+            return Err(status(KvError::LeaseTtlTooLarge));
+        }
+        let ttl = r.ttl.max(self.node.limits.min_lease_ttl);
+        let id = if r.id == 0 { self.new_lease_id() } else { r.id };
+        let result = self.node.write(Command::LeaseGrant { id, ttl }).await.map_err(status)?;
+        Ok(Response::new(PbLeaseGrantResponse { header: header(&self.node, result.revision), id, ttl, error: String::new() }))
+    }
+
+    async fn lease_revoke(&self, request: Request<PbLeaseRevokeRequest>) -> Result<Response<PbLeaseRevokeResponse>, Status> {
+        let id = request.into_inner().id;
+        let result = self.node.write(Command::LeaseRevoke { id }).await.map_err(status)?;
+        Ok(Response::new(PbLeaseRevokeResponse { header: header(&self.node, result.revision) }))
+    }
+
+    type LeaseKeepAliveStream = KeepAliveStream;
+
+    async fn lease_keep_alive(
+        &self,
+        request: Request<Streaming<PbLeaseKeepAliveRequest>>,
+    ) -> Result<Response<KeepAliveStream>, Status> {
+        let node = self.node.clone();
+        let mut stopping = node.stopping.clone();
+        let requests = request.into_inner().take_until(async move {
+            let _ = stopping.wait_for(|s| *s).await;
+        });
+        let responses = requests.then(move |request| {
+            let node = node.clone();
+            async move {
+                let id = request?.id;
+                let ttl = match node.consensus.lease_query(LeaseQuery::Renew(id)).await {
+                    Ok(answer) => answer.ttl,
+                    // etcd answers a keepalive for a lease that is gone with TTL 0.
+                    Err(KvError::LeaseNotFound) => 0,
+                    Err(e) => return Err(status(e)),
+                };
+                Ok(PbLeaseKeepAliveResponse { header: header(&node, node.store.revision()), id, ttl })
+            }
+        });
+        Ok(Response::new(Box::pin(responses)))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        request: Request<PbLeaseTimeToLiveRequest>,
+    ) -> Result<Response<PbLeaseTimeToLiveResponse>, Status> {
+        let r = request.into_inner();
+        let node = &self.node;
+        let answer = match node.consensus.lease_query(LeaseQuery::Status(r.id)).await {
+            Ok(answer) => answer,
+            // etcd reports a lease that is gone with TTL -1.
+            Err(KvError::LeaseNotFound) => {
+                return Ok(Response::new(PbLeaseTimeToLiveResponse { header: header(node, node.store.revision()), id: r.id, ttl: -1, ..Default::default() }));
+            }
+            Err(e) => return Err(status(e)),
+        };
+        let keys = if r.keys {
+            node.consensus.read_barrier().await.map_err(status)?;
+            node.store.lease_keys(r.id)
+        } else {
+            Vec::new()
+        };
+        Ok(Response::new(PbLeaseTimeToLiveResponse {
+            header: header(node, node.store.revision()),
+            id: r.id,
+            ttl: answer.remaining,
+            granted_ttl: answer.ttl,
+            keys,
+        }))
+    }
+
+    async fn lease_leases(&self, _: Request<PbLeaseLeasesRequest>) -> Result<Response<PbLeaseLeasesResponse>, Status> {
+        let node = &self.node;
+        node.consensus.read_barrier().await.map_err(status)?;
+        let leases = node.store.leases().into_iter().map(|(id, _, _)| PbLeaseStatus { id }).collect();
+        Ok(Response::new(PbLeaseLeasesResponse { header: header(node, node.store.revision()), leases }))
+    }
+}
