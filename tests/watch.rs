@@ -437,3 +437,40 @@ fn many_watchers_and_a_slow_reader_keep_memory_bounded() {
         }
     });
 }
+
+#[test]
+fn require_leader_watches_end_when_the_leader_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut members = three_member_cluster(dir.path());
+    let rt = runtime();
+    let leader = rt.block_on(leader_index(&members));
+    let follower = (leader + 1) % 3;
+    let options = etcd_client::ConnectOptions::new().with_require_leader(true);
+    let mut stream = rt.block_on(async {
+        let mut c = etcd_client::Client::connect([members[follower].endpoint()], Some(options.clone())).await.unwrap();
+        watch(&mut c, "rl", WatchOptions::new()).await.0
+    });
+    members[leader].kill9();
+    members[(leader + 2) % 3].kill9();
+    let t = Instant::now();
+    rt.block_on(async {
+        let ended = tokio::time::timeout(Duration::from_secs(15), stream.message()).await.expect("the stream ends");
+        match ended {
+            Err(etcd_client::Error::GRpcStatus(s)) => {
+                assert_eq!((s.code(), s.message()), (tonic::Code::Unavailable, "etcdserver: no leader"));
+            }
+            other => panic!("expected etcd's no-leader error, got {other:?}"),
+        }
+        assert!(t.elapsed() >= Duration::from_secs(3), "not before three election timeouts");
+        // A new require-leader watch is refused at once.
+        let mut c = etcd_client::Client::connect([members[follower].endpoint()], Some(options)).await.unwrap();
+        match c.watch("rl", None).await {
+            Err(etcd_client::Error::GRpcStatus(s)) => assert_eq!(s.message(), "etcdserver: no leader"),
+            Ok(mut s) => match s.message().await {
+                Err(etcd_client::Error::GRpcStatus(st)) => assert_eq!(st.message(), "etcdserver: no leader"),
+                other => panic!("expected a refusal, got {other:?}"),
+            },
+            Err(other) => panic!("expected a refusal, got {other:?}"),
+        }
+    });
+}

@@ -31,6 +31,9 @@ struct State {
     primary: bool,
     /// Expired leases whose revoke is under way, and since when.
     revoking: HashMap<i64, Instant>,
+    /// Renewed leases whose last checkpoint says less than their full TTL:
+    /// the checkpoint must be reset, or a new leader would resume from it.
+    stale_checkpoints: HashSet<i64>,
 }
 
 pub struct Lessor {
@@ -143,7 +146,11 @@ impl Lessor {
         }
         let lease = state.leases.get_mut(&id).ok_or(KvError::LeaseNotFound)?;
         lease.expiry = Some(Instant::now() + Duration::from_secs(lease.ttl as u64));
-        Ok(lease.ttl)
+        let (ttl, stale) = (lease.ttl, lease.checkpointed.is_some_and(|left| left < lease.ttl));
+        if stale {
+            state.stale_checkpoints.insert(id);
+        }
+        Ok(ttl)
     }
 
     /// TTL and seconds left (leader only).
@@ -185,6 +192,13 @@ impl Lessor {
         due.into_iter().collect()
     }
 
+    /// Checkpoints that renewals made stale: (id, full TTL) for each.
+    pub fn take_stale_checkpoints(&self) -> Vec<(i64, i64)> {
+        let mut state = self.state();
+        let stale = std::mem::take(&mut state.stale_checkpoints);
+        stale.into_iter().filter_map(|id| Some((id, state.leases.get(&id)?.ttl))).collect()
+    }
+
     /// Seconds each lease has left, for a checkpoint (leader only).
     pub fn remaining_ttls(&self) -> Vec<(i64, i64)> {
         let state = self.state();
@@ -217,6 +231,9 @@ mod tests {
         assert!(lessor.status(2).unwrap().remaining >= 9);
         lessor.revoked(1);
         assert_eq!(lessor.ids(), vec![2]);
+        lessor.checkpointed(&[(2, 4)]);
+        assert_eq!(lessor.answer(LeaseQuery::Renew(2)).unwrap().ttl, 10);
+        assert_eq!(lessor.take_stale_checkpoints(), vec![(2, 10)], "a renewal resets the checkpoint");
 
         let fresh = Lessor::new(vec![(3, 5, Some(0))]);
         fresh.promote(Duration::from_secs(1));
