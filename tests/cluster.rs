@@ -7,32 +7,13 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{client, etcdctl, etcdctl_ok, runtime, three_member_cluster, three_member_cluster_with, Member};
-use etcd_client::{GetOptions, StatusResponse};
+use common::{
+    client, etcdctl, etcdctl_ok, leader_index, runtime, status_of, three_member_cluster, three_member_cluster_with, Member,
+};
+use etcd_client::GetOptions;
 
 fn endpoints(members: &[Member]) -> String {
     members.iter().map(Member::endpoint).collect::<Vec<_>>().join(",")
-}
-
-async fn status_of(m: &Member) -> Option<StatusResponse> {
-    let mut c = etcd_client::Client::connect([m.endpoint()], None).await.ok()?;
-    c.status().await.ok()
-}
-
-/// Index of the member that is leader, as the members themselves report it.
-async fn leader_index(members: &[Member]) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        for (i, m) in members.iter().enumerate().filter(|(_, m)| m.is_running()) {
-            if let Some(s) = status_of(m).await {
-                if s.leader() != 0 && s.leader() == s.header().unwrap().member_id() {
-                    return i;
-                }
-            }
-        }
-        assert!(Instant::now() < deadline, "no leader elected");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Every key written must read back, serializably, from member `m` (once it caught up).

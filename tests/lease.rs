@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
-    client, code_and_message, etcdctl, etcdctl_command, etcdctl_ok, runtime, single_member, three_member_cluster_with, Member,
+    client, code_and_message, etcdctl, etcdctl_command, etcdctl_ok, leader_index, runtime, single_member,
+    three_member_cluster_with, Member,
 };
 use etcd_client::{
     EventType, GetOptions, LeaseGrantOptions, LeaseTimeToLiveOptions, LockOptions, PutOptions, WatchOptions,
@@ -123,18 +124,7 @@ fn kept_alive_lease_survives_leader_kill9() {
     let dir = tempfile::tempdir().unwrap();
     let mut members = three_member_cluster_with(dir.path(), &[]);
     let rt = runtime();
-    let leader = rt.block_on(async {
-        let mut c = client(&[members[0].endpoint()]).await;
-        let leader_id = c.status().await.unwrap().leader();
-        let mut index = 0;
-        for (i, m) in members.iter().enumerate() {
-            let mut mc = client(&[m.endpoint()]).await;
-            if mc.status().await.unwrap().header().unwrap().member_id() == leader_id {
-                index = i;
-            }
-        }
-        index
-    });
+    let leader = rt.block_on(leader_index(&members));
     let follower = (leader + 1) % 3;
     let id = rt.block_on(async {
         let mut c = client(&[members[follower].endpoint()]).await;

@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{client, runtime, single_member, three_member_cluster, Member};
+use common::{client, leader_index, runtime, single_member, three_member_cluster};
 use etcd_client::{
     Compare, CompareOp, DeleteOptions, EventType, Txn, TxnOp, WatchFilterType, WatchOptions, WatchResponse,
     WatchStream,
@@ -292,24 +292,6 @@ fn large_responses_are_fragmented_when_asked() {
         assert_eq!(got, 20);
         assert!(responses >= 3, "200 kB of previous values in 64 kB fragments: {responses}");
     });
-}
-
-/// Index of the member that reports itself leader.
-async fn leader_index(members: &[Member]) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        for (i, m) in members.iter().enumerate().filter(|(_, m)| m.is_running()) {
-            if let Ok(mut c) = etcd_client::Client::connect([m.endpoint()], None).await {
-                if let Ok(s) = c.status().await {
-                    if s.leader() == s.header().unwrap().member_id() {
-                        return i;
-                    }
-                }
-            }
-        }
-        assert!(Instant::now() < deadline, "no leader");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[test]

@@ -55,6 +55,11 @@ pub enum LeaseQuery {
     Status(i64),
 }
 
+/// Whole seconds until `expiry`, as etcd reports a lease's remaining TTL.
+fn seconds_left(expiry: Instant, now: Instant) -> i64 {
+    expiry.saturating_duration_since(now).as_secs() as i64
+}
+
 /// A revoke that has not landed after this long is tried again.
 const REVOKE_RETRY: Duration = Duration::from_secs(3);
 
@@ -100,10 +105,6 @@ impl Lessor {
                 lease.checkpointed = Some(*left);
             }
         }
-    }
-
-    pub fn exists(&self, id: i64) -> bool {
-        self.state().leases.contains_key(&id)
     }
 
     pub fn is_primary(&self) -> bool {
@@ -160,14 +161,8 @@ impl Lessor {
             return Err(KvError::NoLeader);
         }
         let lease = state.leases.get(&id).ok_or(KvError::LeaseNotFound)?;
-        let left = lease.expiry.map_or(0, |e| e.saturating_duration_since(Instant::now()).as_secs() as i64);
+        let left = lease.expiry.map_or(0, |e| seconds_left(e, Instant::now()));
         Ok(LeaseStatus { ttl: lease.ttl, remaining: left })
-    }
-
-    pub fn ids(&self) -> Vec<i64> {
-        let mut ids: Vec<i64> = self.state().leases.keys().copied().collect();
-        ids.sort_unstable();
-        ids
     }
 
     /// Up to `limit` expired leases to revoke now (leader only); each is
@@ -209,7 +204,7 @@ impl Lessor {
         state
             .leases
             .iter()
-            .filter_map(|(id, l)| Some((*id, l.expiry?.saturating_duration_since(now).as_secs() as i64)))
+            .filter_map(|(id, l)| Some((*id, seconds_left(l.expiry?, now))))
             .collect()
     }
 }
@@ -230,7 +225,8 @@ mod tests {
         assert_eq!(lessor.status(2).unwrap().ttl, 10);
         assert!(lessor.status(2).unwrap().remaining >= 9);
         lessor.revoked(1);
-        assert_eq!(lessor.ids(), vec![2]);
+        assert_eq!(lessor.status(1), Err(KvError::LeaseNotFound));
+        assert!(lessor.status(2).is_ok());
         lessor.checkpointed(&[(2, 4)]);
         assert_eq!(lessor.answer(LeaseQuery::Renew(2)).unwrap().ttl, 10);
         assert_eq!(lessor.take_stale_checkpoints(), vec![(2, 10)], "a renewal resets the checkpoint");

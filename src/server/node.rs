@@ -81,6 +81,18 @@ impl Node {
         self.on_store(move |s| s.read_txn(&args)).await
     }
 
+    /// The keys attached to lease `id`, read linearizably.
+    pub async fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, KvError> {
+        self.consensus.read_barrier().await?;
+        self.on_store(move |s| s.lease_keys(id)).await
+    }
+
+    /// Every lease's id, read linearizably.
+    pub async fn lease_ids(&self) -> Result<Vec<i64>, KvError> {
+        self.consensus.read_barrier().await?;
+        self.on_store(|s| Ok(s.leases().into_iter().map(|(id, _, _)| id).collect())).await
+    }
+
     /// Commits a command; a command that adds data is refused once the store
     /// is over its space quota, as etcd's NOSPACE alarm does.
     pub async fn write(&self, command: Command) -> Result<CommandResult, KvError> {

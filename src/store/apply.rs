@@ -197,21 +197,11 @@ impl<'a> Execution<'a> {
         if self.lease(id)?.is_none() {
             return Err(KvError::LeaseNotFound);
         }
-        let db = self.view.db;
-        let cf = Cfs::handle(db, Cfs::LEASE);
-        let prefix = keys::lease_keys_prefix(id);
-        let mut attached = Vec::new();
-        for item in db.prefix_iterator_cf(cf, &prefix) {
-            let (k, _) = item.map_err(db_error)?;
-            if !k.starts_with(&prefix) {
-                break;
-            }
-            attached.push(k[prefix.len()..].to_vec());
-        }
+        let attached = super::attached_keys(self.view.db, id)?;
         for key in attached {
             self.delete(&DeleteArgs { key, range_end: Vec::new(), prev_kv: false })?;
         }
-        self.batch.delete_cf(cf, keys::lease_key(id));
+        self.batch.delete_cf(Cfs::handle(self.view.db, Cfs::LEASE), keys::lease_key(id));
         Ok(())
     }
 

@@ -37,6 +37,22 @@ impl Cfs {
     }
 }
 
+/// A RocksDB row: key and value.
+type Row = (Box<[u8]>, Box<[u8]>);
+
+/// The rows of column family `cf` whose keys start with `prefix`, in key order.
+fn scan_prefix<'d>(db: &'d DB, cf: &str, prefix: &'d [u8]) -> impl Iterator<Item = Result<Row, KvError>> + 'd {
+    db.prefix_iterator_cf(Cfs::handle(db, cf), prefix)
+        .map(|item| item.map_err(db_error))
+        .take_while(move |item| item.as_ref().map_or(true, |(k, _)| k.starts_with(prefix)))
+}
+
+/// The keys attached to lease `id`, in key order.
+fn attached_keys(db: &DB, id: i64) -> Result<Vec<Vec<u8>>, KvError> {
+    let prefix = keys::lease_keys_prefix(id);
+    scan_prefix(db, Cfs::LEASE, &prefix).map(|row| row.map(|(k, _)| k[prefix.len()..].to_vec())).collect()
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("state database {path}: {source}")]
 pub struct OpenError {
@@ -170,7 +186,7 @@ impl Store {
                 self.compact_revision.store(*c, Ordering::SeqCst);
             }
         }
-        let changes = (!exec.changes.is_empty()).then(|| RevisionChanges { revision, changes: exec.changes });
+        let changes = (!exec.changes.is_empty()).then_some(RevisionChanges { revision, changes: exec.changes });
         Ok((CommandResult { revision, outcome }, changes))
     }
 
@@ -243,22 +259,16 @@ impl Store {
     }
 
     pub fn members(&self) -> Vec<MemberInfo> {
-        let meta = Cfs::handle(&self.db, Cfs::META);
-        self.db
-            .prefix_iterator_cf(meta, keys::MEMBER_PREFIX)
-            .map_while(|item| item.ok())
-            .take_while(|(k, _)| k.starts_with(keys::MEMBER_PREFIX))
+        scan_prefix(&self.db, Cfs::META, keys::MEMBER_PREFIX)
+            .map_while(Result::ok)
             .filter_map(|(_, v)| decode(&v).ok())
             .collect()
     }
 
     /// Every lease: (id, granted TTL, TTL left at the last checkpoint).
     pub fn leases(&self) -> Vec<(i64, i64, Option<i64>)> {
-        let cf = Cfs::handle(&self.db, Cfs::LEASE);
-        self.db
-            .prefix_iterator_cf(cf, keys::LEASE_PREFIX)
-            .map_while(|item| item.ok())
-            .take_while(|(k, _)| k.starts_with(keys::LEASE_PREFIX))
+        scan_prefix(&self.db, Cfs::LEASE, keys::LEASE_PREFIX)
+            .map_while(Result::ok)
             .filter_map(|(k, v)| {
                 let record: keys::LeaseRecord = decode(&v).ok()?;
                 Some((keys::lease_id_of(&k), record.ttl, record.remaining))
@@ -267,14 +277,8 @@ impl Store {
     }
 
     /// The keys attached to lease `id`, in key order.
-    pub fn lease_keys(&self, id: i64) -> Vec<Vec<u8>> {
-        let prefix = keys::lease_keys_prefix(id);
-        self.db
-            .prefix_iterator_cf(Cfs::handle(&self.db, Cfs::LEASE), &prefix)
-            .map_while(|item| item.ok())
-            .take_while(|(k, _)| k.starts_with(&prefix))
-            .map(|(k, _)| k[prefix.len()..].to_vec())
-            .collect()
+    pub fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, KvError> {
+        attached_keys(&self.db, id)
     }
 
     /// This member's (member id, cluster id), recorded when it was bootstrapped.

@@ -224,6 +224,27 @@ pub async fn client(endpoints: &[String]) -> etcd_client::Client {
     etcd_client::Client::connect(endpoints, None).await.expect("connecting etcd-client")
 }
 
+pub async fn status_of(m: &Member) -> Option<etcd_client::StatusResponse> {
+    let mut c = etcd_client::Client::connect([m.endpoint()], None).await.ok()?;
+    c.status().await.ok()
+}
+
+/// Index of the running member that is leader, as the members themselves report it.
+pub async fn leader_index(members: &[Member]) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        for (i, m) in members.iter().enumerate().filter(|(_, m)| m.is_running()) {
+            if let Some(s) = status_of(m).await {
+                if s.leader() != 0 && s.leader() == s.header().unwrap().member_id() {
+                    return i;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader elected");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Three members of a static cluster on fresh ports, started.
 pub fn three_member_cluster(dir: &Path) -> Vec<Member> {
     three_member_cluster_with(dir, &[])

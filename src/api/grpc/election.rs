@@ -8,10 +8,12 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use super::lock::session_expired;
-use super::ownership::{claim, contender_key, first_contender, release, still_held, wait_for_turn, ReleaseOnDrop};
+use super::ownership::{
+    claim, contender_key, created_at, first_contender, release, still_held, wait_for_turn, ReleaseOnDrop,
+};
 use super::{header, status, to_pb_kv};
 use crate::server::Node;
-use crate::store::types::{Command, Compare, CompareResult, CompareTarget, KvError, Op, OpResult, PutArgs, TxnArgs};
+use crate::store::types::{Command, KvError, Op, OpResult, PutArgs, TxnArgs};
 
 pub mod pb {
     tonic::include_proto!("v3electionpb");
@@ -41,12 +43,7 @@ fn missing_leader() -> Status {
 async fn proclaim(node: &Node, leader: &LeaderKey, value: Vec<u8>) -> Result<bool, KvError> {
     let put = PutArgs { key: leader.key.clone(), value, lease: leader.lease, ..Default::default() };
     let txn = TxnArgs {
-        compare: vec![Compare {
-            result: CompareResult::Equal,
-            target: CompareTarget::Create(leader.rev),
-            key: leader.key.clone(),
-            range_end: Vec::new(),
-        }],
+        compare: vec![created_at(&leader.key, leader.rev)],
         success: vec![Op::Put(put)],
         failure: Vec::new(),
     };

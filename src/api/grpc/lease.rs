@@ -102,12 +102,7 @@ impl PbLeaseService for LeaseService {
             }
             Err(e) => return Err(status(e)),
         };
-        let keys = if r.keys {
-            node.consensus.read_barrier().await.map_err(status)?;
-            node.store.lease_keys(r.id)
-        } else {
-            Vec::new()
-        };
+        let keys = if r.keys { node.lease_keys(r.id).await.map_err(status)? } else { Vec::new() };
         Ok(Response::new(PbLeaseTimeToLiveResponse {
             header: header(node, node.store.revision()),
             id: r.id,
@@ -119,8 +114,7 @@ impl PbLeaseService for LeaseService {
 
     async fn lease_leases(&self, _: Request<PbLeaseLeasesRequest>) -> Result<Response<PbLeaseLeasesResponse>, Status> {
         let node = &self.node;
-        node.consensus.read_barrier().await.map_err(status)?;
-        let leases = node.store.leases().into_iter().map(|(id, _, _)| PbLeaseStatus { id }).collect();
+        let leases = node.lease_ids().await.map_err(status)?.into_iter().map(|id| PbLeaseStatus { id }).collect();
         Ok(Response::new(PbLeaseLeasesResponse { header: header(node, node.store.revision()), leases }))
     }
 }

@@ -12,7 +12,7 @@ use crate::store::types::{
 };
 
 /// The end of the range holding every key that starts with `prefix`.
-pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {
@@ -34,17 +34,30 @@ fn get(key: &[u8]) -> RangeArgs {
     RangeArgs { key: key.to_vec(), ..Default::default() }
 }
 
+/// The compare "`key` is the one created at `revision`" (0: `key` does not exist).
+pub fn created_at(key: &[u8], revision: i64) -> Compare {
+    Compare { result: CompareResult::Equal, target: CompareTarget::Create(revision), key: key.to_vec(), range_end: Vec::new() }
+}
+
+/// Every contender under `name`, the newest or oldest first as `order` says.
+fn contenders(name: &[u8], order: SortOrder) -> RangeArgs {
+    let mut prefix = name.to_vec();
+    prefix.push(b'/');
+    RangeArgs {
+        range_end: prefix_end(&prefix),
+        key: prefix,
+        sort_order: order,
+        sort_target: SortTarget::Create,
+        ..Default::default()
+    }
+}
+
 /// The key as the contender's own: created now (with `value`, held by
 /// `lease`) unless it exists already. Returns its state and the revision.
 pub async fn claim(node: &Node, key: &[u8], lease: i64, value: &[u8]) -> Result<(KeyValue, i64), KvError> {
     let put = PutArgs { key: key.to_vec(), value: value.to_vec(), lease, ..Default::default() };
     let txn = TxnArgs {
-        compare: vec![Compare {
-            result: CompareResult::Equal,
-            target: CompareTarget::Create(0),
-            key: key.to_vec(),
-            range_end: Vec::new(),
-        }],
+        compare: vec![created_at(key, 0)],
         success: vec![Op::Put(put), Op::Range(get(key))],
         failure: vec![Op::Range(get(key))],
     };
@@ -60,33 +73,15 @@ pub async fn claim(node: &Node, key: &[u8], lease: i64, value: &[u8]) -> Result<
 
 /// The oldest contender under `name`, if any (linearizable).
 pub async fn first_contender(node: &Node, name: &[u8]) -> Result<Option<KeyValue>, KvError> {
-    let mut prefix = name.to_vec();
-    prefix.push(b'/');
-    let args = RangeArgs {
-        range_end: prefix_end(&prefix),
-        key: prefix,
-        sort_order: SortOrder::Ascend,
-        sort_target: SortTarget::Create,
-        limit: 1,
-        ..Default::default()
-    };
+    let args = RangeArgs { limit: 1, ..contenders(name, SortOrder::Ascend) };
     Ok(node.range(args, false).await?.0.kvs.into_iter().next())
 }
 
 /// Waits until no key under `name/` created before `revision` remains.
 pub async fn wait_for_turn(node: &Node, name: &[u8], revision: i64) -> Result<(), KvError> {
-    let mut prefix = name.to_vec();
-    prefix.push(b'/');
+    let newest_ahead = RangeArgs { max_create_revision: revision - 1, limit: 1, ..contenders(name, SortOrder::Descend) };
     loop {
-        let args = RangeArgs {
-            range_end: prefix_end(&prefix),
-            key: prefix.clone(),
-            max_create_revision: revision - 1,
-            sort_order: SortOrder::Descend,
-            sort_target: SortTarget::Create,
-            limit: 1,
-            ..Default::default()
-        };
+        let args = newest_ahead.clone();
         let Some(ahead) = node.range(args, false).await?.0.kvs.into_iter().next() else { return Ok(()) };
         wait_gone(node, &ahead).await?;
     }
@@ -117,12 +112,7 @@ pub async fn release(node: &Node, key: &[u8], create_revision: Option<i64>) -> R
     let op = match create_revision {
         None => delete,
         Some(rev) => Op::Txn(TxnArgs {
-            compare: vec![Compare {
-                result: CompareResult::Equal,
-                target: CompareTarget::Create(rev),
-                key: key.to_vec(),
-                range_end: Vec::new(),
-            }],
+            compare: vec![created_at(key, rev)],
             success: vec![delete],
             failure: Vec::new(),
         }),

@@ -86,12 +86,13 @@ fn responses(node: &Node, output: Output, max_bytes: usize) -> Vec<PbWatchRespon
 
 /// Splits a response so each part stays under `max_bytes` (a part holds at
 /// least one event); every part but the last is marked as a fragment.
-fn fragments(whole: PbWatchResponse, max_bytes: usize) -> Vec<PbWatchResponse> {
-    let empty = PbWatchResponse { events: Vec::new(), fragment: true, ..whole.clone() };
+fn fragments(mut whole: PbWatchResponse, max_bytes: usize) -> Vec<PbWatchResponse> {
+    let events = std::mem::take(&mut whole.events);
+    let empty = PbWatchResponse { fragment: true, ..whole };
     let mut parts = Vec::new();
     let mut current = empty.clone();
     let mut current_bytes = empty.encoded_len();
-    for event in whole.events {
+    for event in events {
         // An event's share of a response: its bytes plus field tag and length.
         let event_bytes = event.encoded_len() + 1 + prost::length_delimiter_len(event.encoded_len());
         if !current.events.is_empty() && current_bytes + event_bytes > max_bytes {
