@@ -13,6 +13,8 @@ fn main() -> ExitCode {
     }
     match args.first().map(String::as_str) {
         Some("ctl") => return ExitCode::from(cairn::ctl::main(args[1..].to_vec())),
+        // etcdutl's `snapshot restore|status`, as `cairn snapshot …`.
+        Some("snapshot") => return ExitCode::from(cairn::ctl::main(args)),
         Some("healthcheck") => return ExitCode::from(cairn::ctl::healthcheck(args[1..].to_vec())),
         _ => {}
     }

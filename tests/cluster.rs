@@ -8,33 +8,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{
-    client, etcdctl, etcdctl_ok, leader_index, runtime, status_of, three_member_cluster, three_member_cluster_with, Member,
+    assert_has_all, client, etcdctl, etcdctl_ok, leader_index, runtime, spawn_writer, status_of, three_member_cluster,
+    three_member_cluster_with, Member,
 };
 use etcd_client::GetOptions;
 
 fn endpoints(members: &[Member]) -> String {
     members.iter().map(Member::endpoint).collect::<Vec<_>>().join(",")
-}
-
-/// Every key written must read back, serializably, from member `m` (once it caught up).
-async fn assert_has_all(m: &Member, acked: &BTreeMap<String, String>) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut c = client(&[m.endpoint()]).await;
-    loop {
-        let got = c.get("w/", Some(GetOptions::new().with_prefix().with_serializable())).await;
-        if let Ok(got) = got {
-            let present: BTreeMap<String, String> =
-                got.kvs().iter().map(|kv| (kv.key_str().unwrap().into(), kv.value_str().unwrap().into())).collect();
-            if acked.iter().all(|(k, v)| present.get(k) == Some(v)) {
-                return;
-            }
-            if Instant::now() > deadline {
-                let missing: Vec<_> = acked.keys().filter(|k| !present.contains_key(*k)).collect();
-                panic!("{} is missing acknowledged writes {missing:?}", m.name);
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[test]
@@ -81,33 +61,6 @@ fn static_cluster_with_etcd_guide_flags() {
 }
 
 /// Writes through every live member until stopped; records what was acknowledged.
-fn spawn_writer(
-    rt: &tokio::runtime::Runtime,
-    eps: Vec<String>,
-    acked: Arc<Mutex<BTreeMap<String, String>>>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-) -> tokio::task::JoinHandle<usize> {
-    rt.spawn(async move {
-        let mut clients = Vec::new();
-        for ep in &eps {
-            clients.push(etcd_client::Client::connect([ep.clone()], None).await.unwrap());
-        }
-        let mut attempts = 0;
-        let mut i = 0usize;
-        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-            let key = format!("w/{i:06}");
-            let c = &mut clients[i % eps.len()];
-            attempts += 1;
-            let put = tokio::time::timeout(Duration::from_secs(3), c.put(key.clone(), format!("v{i}"), None)).await;
-            if let Ok(Ok(_)) = put {
-                acked.lock().unwrap().insert(key, format!("v{i}"));
-            }
-            i += 1;
-        }
-        attempts
-    })
-}
-
 #[test]
 fn leader_kill9_loses_no_acknowledged_write() {
     let dir = tempfile::tempdir().unwrap();
@@ -116,7 +69,7 @@ fn leader_kill9_loses_no_acknowledged_write() {
     let acked = Arc::new(Mutex::new(BTreeMap::new()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let eps: Vec<String> = members.iter().map(Member::endpoint).collect();
-    let writer = spawn_writer(&rt, eps, acked.clone(), stop.clone());
+    let writer = spawn_writer(&rt, Arc::new(Mutex::new(eps)), acked.clone(), stop.clone());
 
     std::thread::sleep(Duration::from_millis(800));
     let old_leader = rt.block_on(leader_index(&members));

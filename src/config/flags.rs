@@ -26,18 +26,23 @@ pub const SUPPORTED: &[&str] = &[
     "experimental-watch-progress-notify-interval",
     "experimental-lease-checkpoint-interval",
     "experimental-enable-lease-checkpoint",
+    "strict-reconfig-check",
+    "auto-compaction-mode",
+    "auto-compaction-retention",
+    "max-learners",
+    "experimental-max-learners",
     "log-level",
     "logger",
     "config-file",
 ];
 
 /// Go boolean flags: a bare `--name` means true, and only `--name=false` sets false.
-pub const BOOLEAN: &[&str] = &["experimental-enable-lease-checkpoint"];
+pub const BOOLEAN: &[&str] = &["experimental-enable-lease-checkpoint", "strict-reconfig-check"];
 
 /// etcd flags that cairn does not serve yet: named in the error rather than
 /// silently ignored.
 pub const UNSUPPORTED: &[&str] = &[
-    "auth-token", "auth-token-ttl", "auto-compaction-mode", "auto-compaction-retention", "auto-tls",
+    "auth-token", "auth-token-ttl", "auto-tls",
     "bcrypt-cost", "cert-file", "cipher-suites", "client-cert-auth", "client-crl-file", "cors", "debug",
     "discovery", "discovery-fallback", "discovery-proxy", "discovery-srv", "discovery-srv-name",
     "enable-grpc-gateway", "enable-log-rotation", "enable-pprof", "enable-v2", "force-new-cluster",
@@ -47,7 +52,7 @@ pub const UNSUPPORTED: &[&str] = &[
     "peer-cert-allowed-hostname", "peer-cert-file", "peer-client-cert-auth", "peer-crl-file", "peer-key-file",
     "peer-trusted-ca-file", "pre-vote", "proxy", "proxy-dial-timeout", "proxy-failure-wait",
     "proxy-read-timeout", "proxy-refresh-interval", "proxy-write-timeout", "socket-reuse-address",
-    "socket-reuse-port", "strict-reconfig-check", "tls-max-version", "tls-min-version", "trusted-ca-file",
+    "socket-reuse-port", "tls-max-version", "tls-min-version", "trusted-ca-file",
     "unsafe-no-fsync", "v2-deprecation", "client-cert-file", "client-key-file", "peer-client-cert-file",
     "peer-client-key-file", "initial-election-tick-advance", "enable-distributed-tracing",
 ];

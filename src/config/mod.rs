@@ -39,6 +39,15 @@ pub enum ClusterState {
     Existing,
 }
 
+/// etcd's `--auto-compaction-mode` with its `--auto-compaction-retention`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AutoCompaction {
+    /// Keep this much time of history.
+    Periodic(Duration),
+    /// Keep this many revisions of history.
+    Revision(i64),
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub name: String,
@@ -59,6 +68,9 @@ pub struct Config {
     pub max_txn_ops: u64,
     pub watch_progress_notify_interval: Duration,
     pub lease_checkpoint_interval: Duration,
+    pub strict_reconfig_check: bool,
+    pub max_learners: usize,
+    pub auto_compaction: Option<AutoCompaction>,
     pub log_level: String,
     pub logger: String,
     /// Notes for the log once it is set up: flags that beat an environment
@@ -300,6 +312,33 @@ fn parse_go_duration(text: &str) -> Option<Duration> {
     Duration::try_from_secs_f64(total).ok()
 }
 
+/// etcd's reading of the retention: for periodic mode a duration, or a
+/// whole number of hours; for revision mode a number of revisions; 0 is off.
+fn auto_compaction(s: &Settings) -> Result<Option<AutoCompaction>, ConfigError> {
+    let mode = s.one_of("auto-compaction-mode", "periodic", &["periodic", "revision"])?;
+    let retention = s.string("auto-compaction-retention", "0");
+    let retention = retention.trim();
+    let invalid = |expected: &str| {
+        ConfigError::new(format!(
+            "invalid value {retention:?} for {}: expected {expected}",
+            s.origin("auto-compaction-retention")
+        ))
+    };
+    if retention.is_empty() || retention == "0" {
+        return Ok(None);
+    }
+    let mode = if mode == "revision" {
+        AutoCompaction::Revision(retention.parse::<i64>().ok().filter(|r| *r > 0).ok_or_else(|| invalid("a number of revisions"))?)
+    } else {
+        let period = match retention.parse::<u64>() {
+            Ok(hours) => Duration::from_secs(hours * 3600),
+            Err(_) => parse_go_duration(retention).ok_or_else(|| invalid("a duration such as 1h or 30m, or a number of hours"))?,
+        };
+        AutoCompaction::Periodic(period)
+    };
+    Ok(Some(mode))
+}
+
 impl Config {
     /// Builds the configuration from the command line (without the program
     /// name) and the process environment.
@@ -397,6 +436,13 @@ impl Config {
             lease_checkpoint_interval: Some(s.duration("experimental-lease-checkpoint-interval", DEFAULT_CHECKPOINT)?)
                 .filter(|d| !d.is_zero())
                 .unwrap_or(DEFAULT_CHECKPOINT),
+            auto_compaction: auto_compaction(s)?,
+            strict_reconfig_check: s.one_of("strict-reconfig-check", "true", &["true", "false"])? == "true",
+            // etcd 3.5 spells it --experimental-max-learners.
+            max_learners: match s.is_set("max-learners") {
+                true => s.number("max-learners", 1)?,
+                false => s.number("experimental-max-learners", 1)?,
+            } as usize,
             log_level: s.one_of("log-level", "info", &["debug", "info", "warn", "error", "panic", "fatal"])?,
             logger: s.one_of("logger", "zap", &["zap", "capnslog"])?,
             name,

@@ -3,6 +3,7 @@
 //! environment and output.
 
 mod output;
+mod snapshot;
 
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,7 @@ use serde_json::json;
 use output::{human_bytes, table};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum WriteOut {
+pub(crate) enum WriteOut {
     Simple,
     Table,
     Json,
@@ -24,7 +25,7 @@ struct Global {
     timeout: Duration,
 }
 
-type CtlResult = Result<(), String>;
+pub(crate) type CtlResult = Result<(), String>;
 
 /// Runs one ctl command line (without the program name); returns the exit code.
 pub fn main(args: Vec<String>) -> u8 {
@@ -64,11 +65,17 @@ fn parse_and_run(args: Vec<String>) -> CtlResult {
             "endpoints" => global.endpoints = value()?.split(',').map(String::from).collect(),
             "w" | "write-out" => global.write_out = parse_write_out(&value()?)?,
             "command-timeout" => global.timeout = parse_duration(&value()?)?,
+            "name" | "data-dir" | "wal-dir" | "initial-cluster" | "initial-cluster-token"
+            | "initial-advertise-peer-urls" => {
+                let v = value()?;
+                options.push((name, Some(v)));
+            }
             _ => options.push((name, inline)),
         }
     }
     let words: Vec<&str> = words.iter().map(String::as_str).collect();
     let has = |opt: &str| options.iter().any(|(n, _)| n == opt);
+    let option = |opt: &str| options.iter().rev().find(|(n, _)| n == opt).and_then(|(_, v)| v.clone());
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     match words.as_slice() {
         ["version"] => {
@@ -99,8 +106,21 @@ fn parse_and_run(args: Vec<String>) -> CtlResult {
             println!("{}", r.deleted());
             Ok(())
         }),
+        ["snapshot", "status", file] => snapshot::status(file, global.write_out),
+        ["snapshot", "restore", file] => snapshot::restore(
+            file,
+            snapshot::RestoreOptions {
+                name: option("name"),
+                data_dir: option("data-dir"),
+                wal_dir: option("wal-dir"),
+                initial_cluster: option("initial-cluster"),
+                initial_cluster_token: option("initial-cluster-token"),
+                initial_advertise_peer_urls: option("initial-advertise-peer-urls"),
+            },
+        ),
         _ => Err(format!(
-            "unknown command {:?}: cairn ctl knows version, endpoint health|status, member list, put, get, del",
+            "unknown command {:?}: cairn ctl knows version, endpoint health|status, member list, put, get, del, \
+             snapshot restore|status",
             words.join(" ")
         )),
     }

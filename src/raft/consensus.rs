@@ -12,6 +12,7 @@ use openraft::metrics::RaftMetrics;
 use openraft::{Config, SnapshotPolicy};
 
 use super::dial::DialError;
+use super::members::{ChangeFailure, ClusterInfo, MemberChange, Members, MembersSettings};
 use super::network::{CallError, Method, Peers};
 use super::proposer::Proposer;
 use super::read_index::ReadIndexRounds;
@@ -27,6 +28,9 @@ pub struct RaftSettings {
     pub election_ms: u64,
     pub snapshot_count: u64,
     pub cluster_token: String,
+    /// etcd's --strict-reconfig-check: refuse membership changes that could cost the quorum.
+    pub strict_reconfig_check: bool,
+    pub max_learners: usize,
 }
 
 pub struct Consensus {
@@ -42,6 +46,8 @@ pub struct Consensus {
     election_timeout: Duration,
     /// The leases; on the leader, the one that keeps their time.
     lessor: Arc<Lessor>,
+    members: Members,
+    store: Arc<Store>,
 }
 
 /// How a failed attempt ends: try again (nothing was proposed), or give up.
@@ -52,7 +58,7 @@ enum Attempt<T> {
 
 impl Consensus {
     pub async fn start(
-        member_id: u64,
+        (member_id, cluster_id): (u64, u64),
         settings: &RaftSettings,
         log: LogDb,
         store: Arc<Store>,
@@ -85,7 +91,7 @@ impl Consensus {
             config,
             peers.clone(),
             LogStore::new(log),
-            StateMachine::new(store, hub, lessor.clone(), snapshot_file),
+            StateMachine::new(store.clone(), hub, lessor.clone(), snapshot_file),
         )
         .await?;
         // etcd's request timeout: 5 s plus two election timeouts.
@@ -94,6 +100,19 @@ impl Consensus {
         let leader_reads = ReadIndexRounds::as_leader(raft.clone());
         let follower_reads = ReadIndexRounds::from_leader(raft.clone(), peers.clone(), request_timeout);
         let election_timeout = Duration::from_millis(settings.election_ms);
+        let members = Members::new(
+            raft.clone(),
+            proposer.clone(),
+            peers.clone(),
+            store.clone(),
+            MembersSettings {
+                member_id,
+                cluster_id,
+                cluster_token: settings.cluster_token.clone(),
+                strict_reconfig_check: settings.strict_reconfig_check,
+                max_learners: settings.max_learners,
+            },
+        );
         Ok(Consensus {
             raft,
             proposer,
@@ -104,6 +123,8 @@ impl Consensus {
             request_timeout,
             election_timeout,
             lessor,
+            members,
+            store,
         })
     }
 
@@ -121,7 +142,14 @@ impl Consensus {
     }
 
     pub fn peer_service(&self) -> PeerService {
-        PeerService::new(self.raft.clone(), self.proposer.clone(), self.leader_reads.clone(), self.lessor.clone())
+        PeerService {
+            raft: self.raft.clone(),
+            proposer: self.proposer.clone(),
+            reads: self.leader_reads.clone(),
+            lessor: self.lessor.clone(),
+            members: self.members.clone(),
+            store: self.store.clone(),
+        }
     }
 
     pub fn metrics(&self) -> RaftMetrics<u64, PeerNode> {
@@ -155,15 +183,111 @@ impl Consensus {
         self.raft.metrics().borrow().current_term
     }
 
-    /// The members of the current configuration.
-    pub fn members(&self) -> Vec<(u64, PeerNode)> {
-        let metrics = self.raft.metrics();
-        let m = metrics.borrow();
-        m.membership_config.nodes().map(|(id, node)| (*id, node.clone())).collect()
+    /// The members of the current configuration, as the Cluster API shows them.
+    pub async fn cluster(&self) -> Result<ClusterInfo, KvError> {
+        let members = self.members.clone();
+        tokio::task::spawn_blocking(move || members.view()).await.map_err(|e| KvError::Internal(e.to_string()))
+    }
+
+    /// Adds, removes, updates or promotes a member (on the leader, wherever
+    /// the request arrives); returns the id of the member it concerns.
+    pub async fn change_members(&self, change: MemberChange) -> Result<u64, KvError> {
+        self.with_leader(|leader, remaining| {
+            let change = change.clone();
+            async move {
+                let run_here = || self.members.change(change.clone());
+                let outcome = match self.on_leader(leader, remaining, Method::Reconfigure, &change, run_here).await {
+                    Ok(outcome) => outcome,
+                    Err(ended) => return ended,
+                };
+                match outcome {
+                    Ok(id) => Attempt::Done(Ok(id)),
+                    Err(ChangeFailure::Rejected(e)) => Attempt::Done(Err(e)),
+                    Err(ChangeFailure::Refused(PeerRefusal::Failed(m))) => Attempt::Done(Err(KvError::Internal(m))),
+                    Err(ChangeFailure::Refused(PeerRefusal::Stopped)) if leader == self.member_id => {
+                        Attempt::Done(Err(KvError::Stopped))
+                    }
+                    Err(ChangeFailure::Refused(_)) => {
+                        // e.g. the previous change is still being committed.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        Attempt::Retry
+                    }
+                }
+            }
+        })
+        .await
+    }
+
+    /// On the leader, makes caught-up new members voters (see `Members`).
+    pub async fn promote_caught_up(&self) {
+        self.members.promote_caught_up().await
+    }
+
+    /// Completes once this member learns that the cluster removed it: from
+    /// its own applied membership, or from a peer that refused its vote.
+    pub async fn removed(&self) {
+        let mut refused = self.peers.removed_signal();
+        let mut metrics = self.raft.metrics();
+        let mut checked = None;
+        loop {
+            if *refused.borrow_and_update() {
+                return;
+            }
+            let (membership, applied) = {
+                let m = metrics.borrow_and_update();
+                (m.membership_config.log_id().clone(), m.last_applied.clone())
+            };
+            // The state machine records removals when it applies the change.
+            if membership.is_some() && membership != checked && applied >= membership {
+                checked = membership;
+                let (store, id) = (self.store.clone(), self.member_id);
+                if tokio::task::spawn_blocking(move || store.is_removed(id)).await.unwrap_or(false) {
+                    return;
+                }
+            }
+            tokio::select! {
+                changed = refused.changed() => if changed.is_err() { return },
+                changed = metrics.changed() => if changed.is_err() { return },
+            }
+        }
     }
 
     fn leader_node(&self, leader: u64) -> Option<PeerNode> {
         node_of(&self.raft, leader)
+    }
+
+    /// Runs `run_here` when this member is the leader, or hands `request` to
+    /// the leader as `method`; either way within `remaining`. A failure that
+    /// ends the attempt comes back as that ending.
+    async fn on_leader<Req, Reply, T, Fut>(
+        &self,
+        leader: u64,
+        remaining: Duration,
+        method: Method,
+        request: &Req,
+        run_here: impl FnOnce() -> Fut,
+    ) -> Result<Reply, Attempt<T>>
+    where
+        Req: serde::Serialize,
+        Reply: serde::de::DeserializeOwned,
+        Fut: std::future::Future<Output = Reply>,
+    {
+        if leader == self.member_id {
+            // A leader cut off from its quorum does not step down in
+            // openraft 0.9: the deadline answers for it.
+            return tokio::time::timeout(remaining, run_here()).await.map_err(|_| Attempt::Done(Err(KvError::Timeout)));
+        }
+        let Some(node) = self.leader_node(leader) else { return Err(Attempt::Retry) };
+        match self.peers.call(leader, &node, Some(remaining), method, request).await {
+            Ok(reply) => Ok(reply),
+            // Not even connected: nothing was done, so another try is safe.
+            Err(e) if never_sent(&e) => Err(Attempt::Retry),
+            Err(CallError::Transport(s)) if s.code() == tonic::Code::DeadlineExceeded => {
+                Err(Attempt::Done(Err(KvError::Timeout)))
+            }
+            // It may or may not have been done; the client decides.
+            Err(_) => Err(Attempt::Done(Err(KvError::LeaderChanged))),
+        }
     }
 
     /// Commits a command through the Raft log and returns the state machine's result.
@@ -171,25 +295,10 @@ impl Consensus {
         self.with_leader(|leader, remaining| {
             let command = command.clone();
             async move {
-                let reply = if leader == self.member_id {
-                    // A leader cut off from its quorum does not step down in
-                    // openraft 0.9: the deadline answers for it.
-                    match tokio::time::timeout(remaining, self.proposer.propose(command)).await {
-                        Ok(reply) => reply,
-                        Err(_) => return Attempt::Done(Err(KvError::Timeout)),
-                    }
-                } else {
-                    let Some(node) = self.leader_node(leader) else { return Attempt::Retry };
-                    match self.peers.call(leader, &node, Some(remaining), Method::Forward, &command).await {
-                        Ok(reply) => reply,
-                        // Not even connected: nothing was proposed, so another try is safe.
-                        Err(e) if never_sent(&e) => return Attempt::Retry,
-                        Err(CallError::Transport(s)) if s.code() == tonic::Code::DeadlineExceeded => {
-                            return Attempt::Done(Err(KvError::Timeout))
-                        }
-                        // It may or may not have been committed; the client decides.
-                        Err(_) => return Attempt::Done(Err(KvError::LeaderChanged)),
-                    }
+                let run_here = || self.proposer.propose(command.clone());
+                let reply = match self.on_leader(leader, remaining, Method::Forward, &command, run_here).await {
+                    Ok(reply) => reply,
+                    Err(ended) => return ended,
                 };
                 match reply {
                     Ok(result) => Attempt::Done(Ok(result)),

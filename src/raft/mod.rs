@@ -5,6 +5,7 @@
 mod consensus;
 mod dial;
 mod log_store;
+pub mod members;
 pub mod network;
 mod peer_service;
 mod proposer;

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Unreachable,
@@ -23,10 +23,33 @@ use super::peerpb::Payload;
 use super::{decode, encode, PeerNode, TypeConfig};
 
 /// Channels to the other members, shared by Raft replication and forwarding.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Peers {
     channels: Arc<Mutex<HashMap<u64, (PeerNode, Channel)>>>,
+    /// Since when each member has answered every call without a break (as
+    /// etcd's transport tracks "active since"); absent after a failed call.
+    active_since: Arc<Mutex<HashMap<u64, Instant>>>,
+    /// Turns true when a peer refused this member's vote request because
+    /// the cluster removed it.
+    removed: Arc<tokio::sync::watch::Sender<bool>>,
 }
+
+impl Default for Peers {
+    fn default() -> Peers {
+        Peers {
+            channels: Default::default(),
+            active_since: Default::default(),
+            removed: Arc::new(tokio::sync::watch::channel(false).0),
+        }
+    }
+}
+
+/// The status a member answers a vote request from a removed member with.
+pub fn removed_member_status(id: u64) -> tonic::Status {
+    tonic::Status::failed_precondition(format!("{REMOVED_MEMBER}: {id:x}"))
+}
+
+const REMOVED_MEMBER: &str = "cairn: vote refused to a member removed from the cluster";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
@@ -53,6 +76,25 @@ impl Peers {
             .connect_with_connector_lazy(Dialer);
         channels.insert(id, (node.clone(), channel.clone()));
         Ok(channel)
+    }
+
+    /// Since when member `id` has answered every call, if it answers now.
+    pub fn active_since(&self, id: u64) -> Option<Instant> {
+        self.active_since.lock().expect("peer health map poisoned").get(&id).copied()
+    }
+
+    fn record_health(&self, id: u64, answered: bool) {
+        let mut health = self.active_since.lock().expect("peer health map poisoned");
+        if answered {
+            health.entry(id).or_insert_with(Instant::now);
+        } else {
+            health.remove(&id);
+        }
+    }
+
+    /// Turns true once another member says this one was removed.
+    pub fn removed_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.removed.subscribe()
     }
 
     /// One unary peer call: `method` picks the RPC, the payload is postcard.
@@ -89,8 +131,16 @@ impl Peers {
             Method::Forward => client.forward(req).await,
             Method::ReadIndex => client.read_index(req).await,
             Method::Lease => client.lease(req).await,
-        }?;
-        Ok(decode(&reply.into_inner().data)?)
+            Method::Reconfigure => client.reconfigure(req).await,
+            Method::ClusterInfo => client.cluster_info(req).await,
+        };
+        if let Err(status) = &reply {
+            if status.code() == tonic::Code::FailedPrecondition && status.message().starts_with(REMOVED_MEMBER) {
+                self.removed.send_replace(true);
+            }
+        }
+        self.record_health(id, reply.is_ok());
+        Ok(decode(&reply?.into_inner().data)?)
     }
 }
 
@@ -102,6 +152,8 @@ pub enum Method {
     Forward,
     ReadIndex,
     Lease,
+    Reconfigure,
+    ClusterInfo,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Peers {

@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::members::{ClusterInfo, MemberChange, Members};
+use super::network::removed_member_status;
 use super::peerpb::peer_server::Peer;
 use super::peerpb::Payload;
 use super::proposer::Proposer;
@@ -12,18 +14,15 @@ use super::read_index::ReadIndexRounds;
 use super::{decode, encode, PeerRefusal, Raft};
 use crate::lease::{LeaseQuery, Lessor};
 use crate::store::types::{Command, CommandResult};
+use crate::store::Store;
 
 pub struct PeerService {
-    raft: Raft,
-    proposer: Proposer,
-    reads: ReadIndexRounds,
-    lessor: Arc<Lessor>,
-}
-
-impl PeerService {
-    pub fn new(raft: Raft, proposer: Proposer, reads: ReadIndexRounds, lessor: Arc<Lessor>) -> PeerService {
-        PeerService { raft, proposer, reads, lessor }
-    }
+    pub(super) raft: Raft,
+    pub(super) proposer: Proposer,
+    pub(super) reads: ReadIndexRounds,
+    pub(super) lessor: Arc<Lessor>,
+    pub(super) members: Members,
+    pub(super) store: Arc<Store>,
 }
 
 fn payload<T: serde::de::DeserializeOwned>(req: Request<Payload>) -> Result<T, Status> {
@@ -41,7 +40,16 @@ impl Peer for PeerService {
     }
 
     async fn vote(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
-        reply(&self.raft.vote(payload(req)?).await)
+        let vote: openraft::raft::VoteRequest<u64> = payload(req)?;
+        // A removed member that missed its removal campaigns with an old
+        // configuration; it must neither disturb the cluster nor stay up.
+        let candidate = vote.vote.leader_id().voted_for().unwrap_or_default();
+        let store = self.store.clone();
+        if tokio::task::spawn_blocking(move || store.is_removed(candidate)).await.unwrap_or(false) {
+            tracing::warn!(member_id = format!("{candidate:x}"), "refused a vote request from a removed member");
+            return Err(removed_member_status(candidate));
+        }
+        reply(&self.raft.vote(vote).await)
     }
 
     async fn install_snapshot(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
@@ -62,5 +70,17 @@ impl Peer for PeerService {
     async fn lease(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
         let query: LeaseQuery = payload(req)?;
         reply(&self.lessor.answer(query))
+    }
+
+    async fn reconfigure(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let change: MemberChange = payload(req)?;
+        reply(&self.members.change(change).await)
+    }
+
+    async fn cluster_info(&self, _req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let members = self.members.clone();
+        let info: ClusterInfo =
+            tokio::task::spawn_blocking(move || members.view()).await.map_err(|e| Status::internal(e.to_string()))?;
+        reply(&info)
     }
 }

@@ -153,6 +153,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let commands = match entry.payload {
                     EntryPayload::Normal(commands) => commands,
                     EntryPayload::Membership(m) => {
+                        let removed: Vec<u64> =
+                            membership.nodes().map(|(id, _)| *id).filter(|id| m.get_node(id).is_none()).collect();
+                        if !removed.is_empty() {
+                            sm.store.record_removed(&removed).map_err(|e| sm_error(ErrorVerb::Write, e))?;
+                        }
                         membership = StoredMembership::new(Some(log_id), m);
                         Vec::new()
                     }

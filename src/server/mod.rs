@@ -2,6 +2,7 @@
 //! bootstraps a new cluster or recovers from the data dir, serves the peer and
 //! client ports, and shuts down cleanly on SIGTERM/SIGINT.
 
+mod compaction;
 mod leases;
 mod node;
 mod process;
@@ -21,6 +22,7 @@ pub use node::{Header, Limits, Node};
 use crate::bootstrap::InitialCluster;
 use crate::config::{ClusterState, Config, ConfigError, ListenUrl};
 use crate::raft::peerpb::peer_server::PeerServer;
+use crate::raft::members::{ask_cluster, MemberView, JOIN_PATIENCE};
 use crate::raft::{Consensus, PeerNode, RaftSettings};
 use crate::store::log::LogDb;
 use crate::store::types::{Command, MemberInfo};
@@ -41,29 +43,102 @@ async fn bind(urls: &[ListenUrl], flag: &str) -> anyhow::Result<Vec<TcpListener>
     Ok(listeners)
 }
 
-/// The initial cluster and this member's place in it, for a member that
-/// has no data yet.
-fn bootstrap_plan(config: &Config) -> Result<(InitialCluster, u64), ConfigError> {
-    if config.initial_cluster_state == ClusterState::Existing {
-        return Err(ConfigError::new(
-            "--initial-cluster-state existing with an empty data dir needs `member add`, which cairn does not support yet",
-        ));
+/// How a member with no data yet comes to its cluster.
+enum Plan {
+    /// Forms a new cluster with the initial members.
+    New(InitialCluster, u64),
+    /// Joins a running cluster that has added it (`member add`).
+    Join { cluster_id: u64, member_id: u64 },
+}
+
+fn same_urls(a: &[String], b: &[String]) -> bool {
+    let (mut a, mut b) = (a.to_vec(), b.to_vec());
+    a.sort();
+    b.sort();
+    a == b
+}
+
+/// Refuses an empty data dir for a member the cluster has seen running:
+/// with an empty log it could vote against what it acknowledged before.
+fn refuse_restarted_member(config: &Config, member: &MemberView, cluster_id: u64) -> Result<(), ConfigError> {
+    if member.name.is_empty() {
+        return Ok(());
     }
+    Err(ConfigError::new(format!(
+        "member {} ({:x}) has already been bootstrapped in cluster {cluster_id:x}, and its data dir {} has no data: \
+         it cannot rejoin with an empty log. Either restore its data dir, or remove it (etcdctl member remove {:x}), \
+         add it again (etcdctl member add {} --peer-urls={}) and start it with --initial-cluster-state existing",
+        member.name,
+        member.id,
+        config.data_dir.display(),
+        member.id,
+        config.name,
+        config.initial_advertise_peer_urls.join(","),
+    )))
+}
+
+/// The plan for a member that has no data yet: for `new`, the static initial
+/// cluster (unless its peers know this member already); for `existing`, the
+/// id the running cluster gave this member when it was added.
+async fn bootstrap_plan(config: &Config) -> Result<Plan, ConfigError> {
     let cluster = InitialCluster::from_static(&config.initial_cluster, &config.initial_cluster_token)?;
     let id = cluster.member(&config.name, &config.initial_advertise_peer_urls)?.id;
-    Ok((cluster, id))
+    let mine = &config.initial_advertise_peer_urls;
+    let others: Vec<String> =
+        cluster.members.iter().flat_map(|m| m.peer_urls.clone()).filter(|u| !mine.contains(u)).collect();
+    let is_me = |m: &&MemberView| same_urls(&m.peer_urls, mine);
+    match config.initial_cluster_state {
+        ClusterState::New => {
+            // One quick look: in a new cluster the others may not run yet.
+            if let Some(info) = ask_cluster(&others, Duration::ZERO, |_| true).await {
+                if let Some(me) = info.members.iter().find(|m| m.id == id) {
+                    refuse_restarted_member(config, me, info.cluster_id)?;
+                }
+            }
+            Ok(Plan::New(cluster, id))
+        }
+        ClusterState::Existing => {
+            if others.is_empty() {
+                return Err(ConfigError::new(
+                    "--initial-cluster-state existing: --initial-cluster names no other member to join through; \
+                     give it the cluster's members and this one, as `etcdctl member add` prints it",
+                ));
+            }
+            let info = ask_cluster(&others, JOIN_PATIENCE, |info| info.members.iter().any(|m| is_me(&m))).await;
+            let Some(info) = info else {
+                return Err(ConfigError::new(format!(
+                    "--initial-cluster-state existing: no member of the cluster answered at {} within {}s",
+                    others.join(","),
+                    JOIN_PATIENCE.as_secs()
+                )));
+            };
+            let Some(me) = info.members.iter().find(is_me) else {
+                let known: Vec<String> = info.members.iter().map(|m| m.peer_urls.join(",")).collect();
+                return Err(ConfigError::new(format!(
+                    "--initial-cluster-state existing: cluster {:x} has no member with peer URLs {} (it has {}); \
+                     add this member first: etcdctl member add {} --peer-urls={}",
+                    info.cluster_id,
+                    mine.join(","),
+                    known.join(" "),
+                    config.name,
+                    mine.join(",")
+                )));
+            };
+            refuse_restarted_member(config, me, info.cluster_id)?;
+            Ok(Plan::Join { cluster_id: info.cluster_id, member_id: me.id })
+        }
+    }
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let stop_requested = process::stop_requested().context("installing signal handlers")?;
     process::reap_orphans_if_init().context("installing the SIGCHLD handler")?;
     let member_dir = config.data_dir.join("member");
-    if !member_dir.exists() {
-        // Refuse a bad bootstrap before leaving anything on disk.
-        bootstrap_plan(&config)?;
-    }
+    // Refuse a bad bootstrap before leaving anything on disk.
+    let mut plan = if member_dir.exists() { None } else { Some(bootstrap_plan(&config).await?) };
     let snap_dir = member_dir.join("snap");
     let wal_dir = config.wal_dir.clone().unwrap_or_else(|| member_dir.join("wal"));
+    let log_existed = wal_dir.join("CURRENT").exists();
     for dir in [&snap_dir, &wal_dir] {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -72,14 +147,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let (member_id, cluster_id, initial) = match store.identity() {
         Some((member_id, cluster_id)) => {
+            check_restart(&config, &store, member_id, log_existed, &wal_dir)?;
             tracing::info!(data_dir = %config.data_dir.display(), "restarting from existing data dir; --initial-cluster* flags are ignored");
             (member_id, cluster_id, None)
         }
-        None => {
-            let (cluster, member_id) = bootstrap_plan(&config)?;
-            (member_id, cluster.cluster_id, Some(cluster))
-        }
+        None => match plan.take() {
+            Some(plan) => identity_of(plan),
+            None => identity_of(bootstrap_plan(&config).await?),
+        },
     };
+    if initial.is_none() && store.identity().is_none() {
+        // A joining member: it learns the membership from the leader.
+        store.set_identity(member_id, cluster_id)?;
+        tracing::info!(member_id = format!("{member_id:x}"), cluster_id = format!("{cluster_id:x}"), "joining existing cluster");
+    }
 
     let peer_listeners = bind(&config.listen_peer_urls, "--listen-peer-urls").await?;
     let client_listeners = bind(&config.listen_client_urls, "--listen-client-urls").await?;
@@ -89,11 +170,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         election_ms: config.election_timeout,
         snapshot_count: config.snapshot_count,
         cluster_token: config.initial_cluster_token.clone(),
+        strict_reconfig_check: config.strict_reconfig_check,
+        max_learners: config.max_learners,
     };
     let hub = Arc::new(Hub::new(store.revision(), WATCH_MEMORY_BYTES));
     let lessor = Arc::new(Lessor::new(store.leases()));
     let consensus = Consensus::start(
-        member_id,
+        (member_id, cluster_id),
         &settings,
         log,
         store.clone(),
@@ -102,6 +185,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         snap_dir.join("raft.snap"),
     )
     .await?;
+    if let Some(members) = store.restored_members()? {
+        // A data dir made by `snapshot restore`: it forms the new cluster it names.
+        let nodes = members.into_iter().map(|(id, name, peer_urls)| (id, PeerNode { name, peer_urls })).collect();
+        consensus.bootstrap(nodes).await?;
+        store.clear_restored_members()?;
+        tracing::info!(member_id = format!("{member_id:x}"), cluster_id = format!("{cluster_id:x}"), "formed a new cluster from a restored snapshot");
+    }
     if let Some(cluster) = initial {
         let nodes: BTreeMap<u64, PeerNode> = cluster
             .members
@@ -139,6 +229,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut servers = serve(&node, peer_listeners, client_listeners, &stop_rx);
     tokio::spawn(publish_self(node.clone(), config.initial_advertise_peer_urls.clone()));
     tokio::spawn(leases::keep_leases(node.clone(), config.lease_checkpoint_interval));
+    tokio::spawn(promote_new_voters(node.clone()));
+    tokio::spawn(compaction::remove_compacted_versions(node.store.clone(), node.stopping.clone()));
+    if let Some(mode) = config.auto_compaction {
+        tokio::spawn(compaction::auto_compact(node.clone(), mode));
+    }
     tracing::info!(
         name = %config.name,
         client_urls = %config.advertise_client_urls.join(","),
@@ -149,6 +244,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     tokio::select! {
         _ = stop_requested => {}
+        _ = node.consensus.removed() => {
+            tracing::warn!(member_id = format!("{member_id:x}"), "the member has been permanently removed from the cluster");
+        }
         Some(res) = servers.join_next() => {
             res.context("server task")?.context("server stopped")?;
         }
@@ -165,6 +263,58 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+fn identity_of(plan: Plan) -> (u64, u64, Option<InitialCluster>) {
+    match plan {
+        Plan::New(cluster, member_id) => (member_id, cluster.cluster_id, Some(cluster)),
+        Plan::Join { cluster_id, member_id } => (member_id, cluster_id, None),
+    }
+}
+
+/// Refuses a restart that would break Raft's promises: a member the cluster
+/// removed, or a state database whose Raft log (and the vote in it) is gone.
+fn check_restart(
+    config: &Config,
+    store: &Store,
+    member_id: u64,
+    log_existed: bool,
+    wal_dir: &std::path::Path,
+) -> Result<(), ConfigError> {
+    if store.is_removed(member_id) {
+        return Err(ConfigError::new(format!(
+            "member {member_id:x} has been permanently removed from the cluster; to bring it back, \
+             delete its data dir {}, add it again (etcdctl member add {} --peer-urls={}) and start it with \
+             --initial-cluster-state existing",
+            config.data_dir.display(),
+            config.name,
+            config.initial_advertise_peer_urls.join(",")
+        )));
+    }
+    if !log_existed {
+        return Err(ConfigError::new(format!(
+            "the raft log {} is missing but the state database of member {member_id:x} is in {}: the vote and log \
+             it held are lost, so it must not rejoin as it was. Restore the --wal-dir, or remove the member \
+             (etcdctl member remove {member_id:x}), delete {} and add it again (etcdctl member add)",
+            wal_dir.display(),
+            config.data_dir.display(),
+            config.data_dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// On the leader, turns members added as voters (which join as learners)
+/// into voters once they have caught up.
+async fn promote_new_voters(node: Arc<Node>) {
+    let mut stopping = node.stopping.clone();
+    loop {
+        node.consensus.promote_caught_up().await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = stopping.wait_for(|s| *s) => return,
+        }
+    }
 }
 
 /// Serves Raft on the peer listeners and the client API on the client

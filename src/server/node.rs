@@ -8,6 +8,7 @@ use tokio::sync::watch;
 
 use crate::raft::Consensus;
 use crate::store::types::{Command, CommandResult, KvError, OpResult, RangeArgs, RangeResult, TxnArgs};
+use crate::store::maintenance::ALARM_NOSPACE;
 use crate::store::Store;
 use crate::lease::Lessor;
 use crate::watch::Hub;
@@ -93,11 +94,20 @@ impl Node {
         self.on_store(|s| Ok(s.leases().into_iter().map(|(id, _, _)| id).collect())).await
     }
 
-    /// Commits a command; a command that adds data is refused once the store
-    /// is over its space quota, as etcd's NOSPACE alarm does.
+    /// Commits a command. As etcd: once the store outgrows its space quota,
+    /// a NOSPACE alarm is raised through Raft, and while it is, every member
+    /// refuses commands that add data (until `alarm disarm`).
     pub async fn write(&self, command: Command) -> Result<CommandResult, KvError> {
         let adds_data = matches!(&command, Command::Write(op) if op.adds_data());
+        if adds_data && self.store.out_of_space() {
+            return Err(KvError::NoSpace);
+        }
         if adds_data && self.store.size_bytes() > self.limits.quota_backend_bytes {
+            let alarm = Command::Alarm { activate: true, member_id: self.member_id, alarm: ALARM_NOSPACE };
+            if let Err(e) = self.consensus.write(alarm).await {
+                tracing::warn!(error = %e, "raising the NOSPACE alarm");
+            }
+            tracing::warn!(quota = self.limits.quota_backend_bytes, "database space exceeded; NOSPACE alarm raised");
             return Err(KvError::NoSpace);
         }
         let result = self.consensus.write(command).await?;

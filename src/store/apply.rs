@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use rocksdb::{IteratorMode, WriteBatch};
+use rocksdb::WriteBatch;
 
 use super::keys::{self, Event, LeaseRecord, Stored};
 use super::types::{
@@ -215,8 +215,8 @@ impl<'a> Execution<'a> {
         Ok(())
     }
 
-    /// Drops every version older than the newest one at or below `revision`
-    /// (and that one too when it is a deletion).
+    /// Moves the compact revision: O(1) here; the versions it makes
+    /// unreachable are removed in the background (`Store::remove_compacted`).
     pub fn compact(&mut self, revision: i64) -> Result<(), KvError> {
         if revision > self.view.revision {
             return Err(KvError::FutureRevision);
@@ -224,37 +224,7 @@ impl<'a> Execution<'a> {
         if revision <= self.view.compact_revision {
             return Err(KvError::Compacted);
         }
-        let db = self.view.db;
-        let (index, history) = (Cfs::handle(db, Cfs::INDEX), Cfs::handle(db, Cfs::HISTORY));
-        let mut current: Vec<u8> = Vec::new();
-        // Versions at or below `revision` of the key being scanned, oldest first.
-        let mut old: Vec<(Vec<u8>, i64, u32, bool)> = Vec::new();
-        let flush = |old: &mut Vec<(Vec<u8>, i64, u32, bool)>, batch: &mut WriteBatch| {
-            let keep_last = matches!(old.last(), Some((_, _, _, false)));
-            let n = old.len() - usize::from(keep_last);
-            for (ik, rev, sub, _) in old.drain(..).take(n) {
-                batch.delete_cf(index, ik);
-                batch.delete_cf(history, keys::history_key(rev, sub));
-            }
-        };
-        for item in db.iterator_cf(index, IteratorMode::Start) {
-            let (k, v) = item.map_err(db_error)?;
-            let (esc, rev) = keys::split_index_key(&k);
-            if esc != current.as_slice() {
-                flush(&mut old, &mut self.batch);
-                current = esc.to_vec();
-            }
-            if rev <= revision {
-                let (sub, tombstone) = keys::parse_index_value(&v);
-                old.push((k.to_vec(), rev, sub, tombstone));
-            }
-        }
-        flush(&mut old, &mut self.batch);
-        self.batch.put_cf(
-            Cfs::handle(db, Cfs::META),
-            keys::META_COMPACT_REVISION,
-            revision.to_be_bytes(),
-        );
+        self.batch.put_cf(Cfs::handle(self.view.db, Cfs::META), keys::META_COMPACT_REVISION, revision.to_be_bytes());
         Ok(())
     }
 

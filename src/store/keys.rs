@@ -126,15 +126,48 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 
 pub const META_REVISION: &[u8] = b"revision";
 pub const META_COMPACT_REVISION: &[u8] = b"compact_revision";
+/// The compact revision whose unreachable versions are all removed.
+pub const META_PHYSICALLY_COMPACTED: &[u8] = b"physically_compacted";
 pub const META_RAFT_APPLIED: &[u8] = b"raft_applied";
 pub const META_ENTRY_PROGRESS: &[u8] = b"entry_progress";
 pub const META_IDENTITY: &[u8] = b"identity";
+/// The new cluster a restored data dir forms on its first start.
+pub const META_RESTORED_MEMBERS: &[u8] = b"restored_members";
 pub const MEMBER_PREFIX: &[u8] = b"member/";
 
-pub fn member_key(id: u64) -> Vec<u8> {
-    let mut k = MEMBER_PREFIX.to_vec();
+/// Members added as voters that serve as learners until they catch up.
+pub const PENDING_VOTER_PREFIX: &[u8] = b"pending_voter/";
+/// Raised alarms: `alarm/` ++ type(1) ++ member id(8).
+pub const ALARM_PREFIX: &[u8] = b"alarm/";
+
+pub fn alarm_key(member_id: u64, alarm: u8) -> Vec<u8> {
+    id_key(&[ALARM_PREFIX, &[alarm]].concat(), member_id)
+}
+
+/// Members removed from the cluster: their ids never come back.
+pub const REMOVED_PREFIX: &[u8] = b"removed/";
+
+fn id_key(prefix: &[u8], id: u64) -> Vec<u8> {
+    let mut k = prefix.to_vec();
     k.extend_from_slice(&id.to_be_bytes());
     k
+}
+
+pub fn member_key(id: u64) -> Vec<u8> {
+    id_key(MEMBER_PREFIX, id)
+}
+
+pub fn pending_voter_key(id: u64) -> Vec<u8> {
+    id_key(PENDING_VOTER_PREFIX, id)
+}
+
+pub fn removed_key(id: u64) -> Vec<u8> {
+    id_key(REMOVED_PREFIX, id)
+}
+
+/// The member id at the end of a key made by `id_key`.
+pub fn id_of_key(k: &[u8]) -> u64 {
+    k.len().checked_sub(8).and_then(|at| k[at..].try_into().ok()).map_or(0, u64::from_be_bytes)
 }
 
 #[cfg(test)]

@@ -2,13 +2,16 @@
 //! and the Raft log (in `log`). This is the only module that knows RocksDB.
 
 mod apply;
+pub mod backup;
+mod compaction;
 mod keys;
 pub mod log;
+pub mod maintenance;
 pub mod types;
 mod view;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 
@@ -64,6 +67,12 @@ pub struct Store {
     db: DB,
     revision: AtomicI64,
     compact_revision: AtomicI64,
+    /// The compact revision, for the background removal of old versions.
+    compaction_requested: tokio::sync::watch::Sender<i64>,
+    /// The compact revision whose old versions are all removed.
+    physically_compacted: tokio::sync::watch::Sender<i64>,
+    /// A NOSPACE alarm is raised.
+    nospace: AtomicBool,
 }
 
 impl Store {
@@ -75,7 +84,14 @@ impl Store {
         let cfs = Cfs::ALL.iter().map(|n| ColumnFamilyDescriptor::new(*n, opts.clone()));
         let db = DB::open_cf_descriptors(&opts, dir, cfs)
             .map_err(|source| OpenError { path: dir.display().to_string(), source })?;
-        let store = Store { db, revision: AtomicI64::new(0), compact_revision: AtomicI64::new(0) };
+        let store = Store {
+            db,
+            revision: AtomicI64::new(0),
+            compact_revision: AtomicI64::new(0),
+            compaction_requested: tokio::sync::watch::channel(0).0,
+            physically_compacted: tokio::sync::watch::channel(0).0,
+            nospace: AtomicBool::new(false),
+        };
         store.load_revisions();
         Ok(store)
     }
@@ -87,7 +103,11 @@ impl Store {
     fn load_revisions(&self) {
         // A fresh store is at revision 1, as etcd's is.
         self.revision.store(self.meta_i64(META_REVISION).max(1), Ordering::SeqCst);
-        self.compact_revision.store(self.meta_i64(META_COMPACT_REVISION), Ordering::SeqCst);
+        let compact_revision = self.meta_i64(META_COMPACT_REVISION);
+        self.compact_revision.store(compact_revision, Ordering::SeqCst);
+        self.compaction_requested.send_replace(compact_revision);
+        self.physically_compacted.send_replace(self.physically_compacted());
+        self.load_alarms();
     }
 
     pub fn revision(&self) -> i64 {
@@ -160,6 +180,19 @@ impl Store {
             Some(Command::LeaseGrant { id, ttl }) => exec.grant_lease(*id, *ttl).map(|()| OpResult::Done),
             Some(Command::LeaseRevoke { id }) => exec.revoke_lease(*id).map(|()| OpResult::Done),
             Some(Command::LeaseCheckpoint(remaining)) => exec.checkpoint_leases(remaining).map(|()| OpResult::Done),
+            Some(Command::Alarm { activate, member_id, alarm }) => {
+                let (meta, key) = (Cfs::handle(&self.db, Cfs::META), keys::alarm_key(*member_id, *alarm));
+                if *activate {
+                    exec.batch.put_cf(meta, key, []);
+                } else {
+                    exec.batch.delete_cf(meta, key);
+                }
+                Ok(OpResult::Done)
+            }
+            Some(Command::MarkPendingVoter { id }) => {
+                exec.batch.put_cf(Cfs::handle(&self.db, Cfs::META), keys::pending_voter_key(*id), []);
+                Ok(OpResult::Done)
+            }
         };
         if let Err(KvError::Internal(e)) = &outcome {
             // Storage trouble, not a client mistake: applying on would let
@@ -184,7 +217,11 @@ impl Store {
         if let Some(Command::Compact { revision: c, .. }) = command {
             if outcome.is_ok() {
                 self.compact_revision.store(*c, Ordering::SeqCst);
+                self.compaction_requested.send_replace(*c);
             }
+        }
+        if matches!(command, Some(Command::Alarm { .. })) {
+            self.load_alarms();
         }
         let changes = (!exec.changes.is_empty()).then_some(RevisionChanges { revision, changes: exec.changes });
         Ok((CommandResult { revision, outcome }, changes))
@@ -263,6 +300,33 @@ impl Store {
             .map_while(Result::ok)
             .filter_map(|(_, v)| decode(&v).ok())
             .collect()
+    }
+
+    fn member_ids(&self, prefix: &'static [u8]) -> Vec<u64> {
+        scan_prefix(&self.db, Cfs::META, prefix).map_while(Result::ok).map(|(k, _)| keys::id_of_key(&k)).collect()
+    }
+
+    /// Learners that become voters once they have caught up.
+    pub fn pending_voters(&self) -> Vec<u64> {
+        self.member_ids(keys::PENDING_VOTER_PREFIX)
+    }
+
+    /// True when member `id` was removed from the cluster (it may never return).
+    pub fn is_removed(&self, id: u64) -> bool {
+        self.get_meta(&keys::removed_key(id)).is_some()
+    }
+
+    /// Records members that a membership change removed. Written before the
+    /// change counts as applied, so a crash in between records them again.
+    pub fn record_removed(&self, ids: &[u64]) -> Result<(), KvError> {
+        let mut batch = WriteBatch::default();
+        let meta = Cfs::handle(&self.db, Cfs::META);
+        for id in ids {
+            batch.put_cf(meta, keys::removed_key(*id), []);
+            batch.delete_cf(meta, keys::pending_voter_key(*id));
+            batch.delete_cf(meta, keys::member_key(*id));
+        }
+        self.write(batch)
     }
 
     /// Every lease: (id, granted TTL, TTL left at the last checkpoint).

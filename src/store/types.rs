@@ -173,6 +173,11 @@ pub enum Command {
     LeaseRevoke { id: i64 },
     /// Records the TTLs leases had left (lease id, seconds), so a restart resumes from them.
     LeaseCheckpoint(Vec<(i64, i64)>),
+    /// Member `id`, about to join as a learner, is to become a voter once it
+    /// has caught up (what `member add` without `--learner` asks for).
+    MarkPendingVoter { id: u64 },
+    /// Raises (or clears) alarm `alarm` of member `member_id`, on every member alike.
+    Alarm { activate: bool, member_id: u64, alarm: u8 },
 }
 
 /// The state machine's answer to one committed command.
@@ -222,6 +227,24 @@ pub enum KvError {
     Timeout,
     #[error("etcdserver: {0}")]
     Internal(String),
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExists,
+    #[error("etcdserver: given member URLs are invalid")]
+    BadPeerUrls,
+    #[error("etcdserver: unhealthy cluster")]
+    Unhealthy,
+    #[error("etcdserver: re-configuration failed due to not enough started members")]
+    NotEnoughStartedMembers,
+    #[error("etcdserver: can only promote a learner member")]
+    MemberNotLearner,
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    #[error("etcdserver: too many learner members in cluster")]
+    TooManyLearners,
+    #[error("etcdserver: the member has been permanently removed from the cluster")]
+    MemberRemoved,
 }
 
 impl Op {
@@ -250,7 +273,12 @@ impl Command {
         match self {
             Command::Write(op) => op_bytes(op),
             Command::LeaseCheckpoint(list) => 16 * list.len(),
-            Command::Compact { .. } | Command::PublishMember(_) | Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => 64,
+            Command::Compact { .. }
+            | Command::PublishMember(_)
+            | Command::LeaseGrant { .. }
+            | Command::LeaseRevoke { .. }
+            | Command::MarkPendingVoter { .. }
+            | Command::Alarm { .. } => 64,
         }
     }
 }

@@ -2,8 +2,11 @@
 #![allow(dead_code)] // each test binary uses its own part of these helpers
 
 use std::net::TcpListener;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const CAIRN: &str = env!("CARGO_BIN_EXE_cairn");
@@ -103,6 +106,18 @@ impl Member {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// The exit status, once the process has ended by itself.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().unwrap()?;
+        self.child = None;
+        Some(status)
+    }
+
+    /// Everything the member has logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     pub fn is_running(&self) -> bool {
@@ -243,6 +258,81 @@ pub async fn leader_index(members: &[Member]) -> usize {
         assert!(Instant::now() < deadline, "no leader elected");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Every key written under `w/` must read back, serializably, from member
+/// `m` (once it caught up).
+pub async fn assert_has_all(m: &Member, acked: &BTreeMap<String, String>) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut c = client(&[m.endpoint()]).await;
+    loop {
+        let got = c.get("w/", Some(etcd_client::GetOptions::new().with_prefix().with_serializable())).await;
+        if let Ok(got) = got {
+            let present: BTreeMap<String, String> =
+                got.kvs().iter().map(|kv| (kv.key_str().unwrap().into(), kv.value_str().unwrap().into())).collect();
+            if acked.iter().all(|(k, v)| present.get(k) == Some(v)) {
+                return;
+            }
+            if Instant::now() > deadline {
+                let missing: Vec<_> = acked.keys().filter(|k| !present.contains_key(*k)).collect();
+                panic!("{} is missing acknowledged writes {missing:?}", m.name);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Puts `w/NNNNNN` keys one after another, round-robin over the endpoints
+/// (which the test may change while it runs), until `stop`; records every
+/// acknowledged one in `acked`. Returns the number of attempts.
+pub fn spawn_writer(
+    rt: &tokio::runtime::Runtime,
+    endpoints: Arc<Mutex<Vec<String>>>,
+    acked: Arc<Mutex<BTreeMap<String, String>>>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<usize> {
+    rt.spawn(async move {
+        let mut clients: BTreeMap<String, etcd_client::Client> = BTreeMap::new();
+        let mut attempts = 0;
+        let mut i = 0usize;
+        while !stop.load(Ordering::SeqCst) {
+            let endpoint = {
+                let eps = endpoints.lock().unwrap();
+                eps[i % eps.len()].clone()
+            };
+            let (key, value) = (format!("w/{i:06}"), format!("v{i}"));
+            i += 1;
+            attempts += 1;
+            if !clients.contains_key(&endpoint) {
+                match etcd_client::Client::connect([endpoint.clone()], None).await {
+                    Ok(c) => clients.insert(endpoint.clone(), c),
+                    Err(_) => continue,
+                };
+            }
+            let c = clients.get_mut(&endpoint).expect("connected above");
+            let put = tokio::time::timeout(Duration::from_secs(3), c.put(key.clone(), value.clone(), None)).await;
+            if let Ok(Ok(_)) = put {
+                acked.lock().unwrap().insert(key, value);
+            }
+        }
+        attempts
+    })
+}
+
+/// Runs `cairn ARGS` (a client command) to completion; it must succeed. Returns stdout.
+pub fn cairn_command(args: &[&str]) -> String {
+    let out = Command::new(CAIRN).args(args).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "cairn {args:?}: {text}{}", String::from_utf8_lossy(&out.stderr));
+    text
+}
+
+/// Runs `cairn ARGS`, which must fail with exit code 1; returns stderr.
+pub fn cairn_command_fails(args: &[&str]) -> String {
+    let out = Command::new(CAIRN).args(args).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "cairn {args:?}: {text}");
+    text
 }
 
 /// Three members of a static cluster on fresh ports, started.

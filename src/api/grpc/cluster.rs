@@ -1,5 +1,5 @@
-//! `etcdserverpb.Cluster`: MemberList so far. Raft's membership says who is
-//! in the cluster; the members' own published records add client URLs.
+//! `etcdserverpb.Cluster`: runtime reconfiguration through Raft membership
+//! changes (run by the leader, see `raft::members`), and the member list.
 
 use std::sync::Arc;
 
@@ -10,7 +10,8 @@ use etcd_client::proto::{
 };
 use tonic::{Request, Response, Status};
 
-use super::{header, status, unimplemented};
+use super::{header, status};
+use crate::raft::members::{MemberChange, MemberView};
 use crate::server::Node;
 
 pub struct ClusterService {
@@ -21,48 +22,68 @@ impl ClusterService {
     pub fn new(node: Arc<Node>) -> Self {
         ClusterService { node }
     }
+
+    /// Makes a change and returns the members as they are after it: the
+    /// barrier makes this member's view include the committed change.
+    async fn change(&self, change: MemberChange) -> Result<(u64, Vec<PbMember>), Status> {
+        let id = self.node.consensus.change_members(change).await.map_err(status)?;
+        Ok((id, self.members(true).await?))
+    }
+
+    async fn members(&self, linearizable: bool) -> Result<Vec<PbMember>, Status> {
+        if linearizable {
+            self.node.consensus.read_barrier().await.map_err(status)?;
+        }
+        let cluster = self.node.consensus.cluster().await.map_err(status)?;
+        Ok(cluster.members.into_iter().map(to_pb_member).collect())
+    }
+
+    fn header(&self) -> Option<etcd_client::proto::PbResponseHeader> {
+        header(&self.node, self.node.store.revision())
+    }
+}
+
+fn to_pb_member(m: MemberView) -> PbMember {
+    PbMember { id: m.id, name: m.name, peer_ur_ls: m.peer_urls, client_ur_ls: m.client_urls, is_learner: m.is_learner }
 }
 
 #[tonic::async_trait]
 impl PbClusterService for ClusterService {
-    async fn member_add(&self, _: Request<PbMemberAddRequest>) -> Result<Response<PbMemberAddResponse>, Status> {
-        Err(unimplemented("MemberAdd"))
+    async fn member_add(&self, request: Request<PbMemberAddRequest>) -> Result<Response<PbMemberAddResponse>, Status> {
+        let request = request.into_inner();
+        let change = MemberChange::Add { peer_urls: request.peer_ur_ls, learner: request.is_learner };
+        let (id, members) = self.change(change).await?;
+        let member = members.iter().find(|m| m.id == id).cloned();
+        Ok(Response::new(PbMemberAddResponse { header: self.header(), member, members }))
     }
 
-    async fn member_remove(&self, _: Request<PbMemberRemoveRequest>) -> Result<Response<PbMemberRemoveResponse>, Status> {
-        Err(unimplemented("MemberRemove"))
+    async fn member_remove(
+        &self,
+        request: Request<PbMemberRemoveRequest>,
+    ) -> Result<Response<PbMemberRemoveResponse>, Status> {
+        let (_, members) = self.change(MemberChange::Remove { id: request.get_ref().id }).await?;
+        Ok(Response::new(PbMemberRemoveResponse { header: self.header(), members }))
     }
 
-    async fn member_update(&self, _: Request<PbMemberUpdateRequest>) -> Result<Response<PbMemberUpdateResponse>, Status> {
-        Err(unimplemented("MemberUpdate"))
+    async fn member_update(
+        &self,
+        request: Request<PbMemberUpdateRequest>,
+    ) -> Result<Response<PbMemberUpdateResponse>, Status> {
+        let request = request.into_inner();
+        let (_, members) = self.change(MemberChange::Update { id: request.id, peer_urls: request.peer_ur_ls }).await?;
+        Ok(Response::new(PbMemberUpdateResponse { header: self.header(), members }))
     }
 
     async fn member_list(&self, request: Request<PbMemberListRequest>) -> Result<Response<PbMemberListResponse>, Status> {
-        if request.get_ref().linearizable {
-            self.node.consensus.read_barrier().await.map_err(status)?;
-        }
-        let published = self.node.store.members();
-        let members = self
-            .node
-            .consensus
-            .members()
-            .into_iter()
-            .map(|(id, peer)| {
-                let record = published.iter().find(|m| m.id == id);
-                PbMember {
-                    id,
-                    // etcd lists a member that has not published itself yet with an empty name.
-                    name: record.map(|m| m.name.clone()).unwrap_or_default(),
-                    peer_ur_ls: peer.peer_urls,
-                    client_ur_ls: record.map(|m| m.client_urls.clone()).unwrap_or_default(),
-                    is_learner: false,
-                }
-            })
-            .collect();
-        Ok(Response::new(PbMemberListResponse { header: header(&self.node, self.node.store.revision()), members }))
+        let members = self.members(request.get_ref().linearizable).await?;
+        Ok(Response::new(PbMemberListResponse { header: self.header(), members }))
     }
 
-    async fn member_promote(&self, _: Request<PbMemberPromoteRequest>) -> Result<Response<PbMemberPromoteResponse>, Status> {
-        Err(unimplemented("MemberPromote"))
+    async fn member_promote(
+        &self,
+        request: Request<PbMemberPromoteRequest>,
+    ) -> Result<Response<PbMemberPromoteResponse>, Status> {
+        let (_, members) = self.change(MemberChange::Promote { id: request.get_ref().id }).await?;
+        Ok(Response::new(PbMemberPromoteResponse { header: self.header(), members }))
     }
 }

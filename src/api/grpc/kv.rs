@@ -256,6 +256,11 @@ impl PbKvService for KvService {
             .write(Command::Compact { revision: r.revision, physical: r.physical })
             .await
             .map_err(status)?;
+        if r.physical {
+            // etcd answers a physical compaction once this member has removed the old versions.
+            let mut removed = self.node.store.physical_compaction();
+            removed.wait_for(|done| *done >= r.revision).await.map_err(|_| status(KvError::Stopped))?;
+        }
         Ok(Response::new(PbCompactionResponse { header: header(&self.node, result.revision) }))
     }
 }

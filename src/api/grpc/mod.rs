@@ -63,12 +63,21 @@ pub fn status(e: KvError) -> Status {
         | KvError::LeaseProvided
         | KvError::TooManyOps
         | KvError::DuplicateKey
-        | KvError::RequestTooLarge => Code::InvalidArgument,
+        | KvError::RequestTooLarge
+        | KvError::BadPeerUrls => Code::InvalidArgument,
         KvError::Compacted | KvError::FutureRevision | KvError::LeaseTtlTooLarge => Code::OutOfRange,
-        KvError::LeaseExist => Code::FailedPrecondition,
-        KvError::LeaseNotFound => Code::NotFound,
+        KvError::LeaseExist
+        | KvError::PeerUrlExists
+        | KvError::NotEnoughStartedMembers
+        | KvError::MemberNotLearner
+        | KvError::LearnerNotReady
+        | KvError::TooManyLearners
+        | KvError::MemberRemoved => Code::FailedPrecondition,
+        KvError::LeaseNotFound | KvError::MemberNotFound => Code::NotFound,
         KvError::NoSpace => Code::ResourceExhausted,
-        KvError::NoLeader | KvError::LeaderChanged | KvError::Timeout | KvError::Stopped => Code::Unavailable,
+        KvError::NoLeader | KvError::LeaderChanged | KvError::Timeout | KvError::Stopped | KvError::Unhealthy => {
+            Code::Unavailable
+        }
         KvError::Internal(_) => Code::Internal,
     };
     Status::new(code, e.to_string())

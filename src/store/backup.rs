@@ -1,0 +1,195 @@
+//! The file of `etcdctl snapshot save` (Maintenance.Snapshot) and what
+//! `cairn snapshot restore|status` read back. cairn's own layout, framed as
+//! etcdctl checks it: the body padded to a multiple of 512 bytes, then the
+//! SHA-256 of everything before it.
+//!
+//! Body: `MAGIC`, then rows `cf(1) key_len(4) value_len(4) key value` of a
+//! RocksDB snapshot of every column family, then `END`.
+
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::path::Path;
+
+use rocksdb::{IteratorMode, WriteBatch};
+use sha2::{Digest, Sha256};
+
+use super::keys;
+use super::types::KvError;
+use super::view::{db_error, decode};
+use super::{Cfs, Store};
+
+const MAGIC: &[u8; 16] = b"cairn-snapshot\x00\x01";
+const END: u8 = 0xFF;
+const PAGE: usize = 512;
+const CHECKSUM: usize = 32;
+/// What one message of the Snapshot stream carries.
+pub const CHUNK_BYTES: usize = 64 * 1024;
+/// Restored rows are written in batches of about this size.
+const RESTORE_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// Of the meta rows, those that describe the data; the others (identity,
+/// Raft state, members, alarms) belong to the old cluster.
+const DATA_META: [&[u8]; 3] = [keys::META_REVISION, keys::META_COMPACT_REVISION, keys::META_PHYSICALLY_COMPACTED];
+
+/// What `snapshot status` reports.
+pub struct BackupStatus {
+    pub hash: u32,
+    pub revision: i64,
+    pub total_keys: u64,
+    pub total_size: u64,
+}
+
+impl Store {
+    /// Streams a point-in-time copy of the state to `send` in chunks of
+    /// `CHUNK_BYTES`; stops early (Ok) when `send` returns false.
+    pub fn write_backup(&self, mut send: impl FnMut(Vec<u8>) -> bool) -> Result<(), KvError> {
+        let snapshot = self.db.snapshot();
+        let mut hasher = Sha256::new();
+        let mut chunk = Vec::with_capacity(CHUNK_BYTES + PAGE);
+        let mut written = 0usize;
+        chunk.extend_from_slice(MAGIC);
+        for (i, name) in Cfs::ALL.iter().enumerate() {
+            for item in snapshot.iterator_cf(Cfs::handle(&self.db, name), IteratorMode::Start) {
+                let (k, v) = item.map_err(db_error)?;
+                chunk.push(i as u8);
+                chunk.extend_from_slice(&(k.len() as u32).to_be_bytes());
+                chunk.extend_from_slice(&(v.len() as u32).to_be_bytes());
+                chunk.extend_from_slice(&k);
+                chunk.extend_from_slice(&v);
+                if chunk.len() >= CHUNK_BYTES && !emit(&mut chunk, &mut hasher, &mut written, &mut send) {
+                    return Ok(());
+                }
+            }
+        }
+        chunk.push(END);
+        let total = written + chunk.len();
+        chunk.resize(chunk.len() + (PAGE - total % PAGE) % PAGE, 0);
+        if !emit(&mut chunk, &mut hasher, &mut written, &mut send) {
+            return Ok(());
+        }
+        send(hasher.finalize().to_vec());
+        Ok(())
+    }
+}
+
+/// Hands the chunk on, counted and hashed; false when nobody takes it any more.
+fn emit(chunk: &mut Vec<u8>, hasher: &mut Sha256, written: &mut usize, send: &mut impl FnMut(Vec<u8>) -> bool) -> bool {
+    hasher.update(&chunk[..]);
+    *written += chunk.len();
+    send(std::mem::replace(chunk, Vec::with_capacity(CHUNK_BYTES + PAGE)))
+}
+
+/// Reads the rows of a snapshot file whose checksum was verified.
+struct Rows {
+    reader: BufReader<File>,
+}
+
+impl Rows {
+    /// Opens `path` after checking its checksum and magic; returns the rows
+    /// and the file's size and checksum.
+    fn open(path: &Path) -> Result<(Rows, u64, [u8; CHECKSUM]), String> {
+        let fail = |e: std::io::Error| format!("{}: {e}", path.display());
+        let mut file = File::open(path).map_err(fail)?;
+        let size = file.metadata().map_err(fail)?.len();
+        if size < (MAGIC.len() + CHECKSUM) as u64 || size % PAGE as u64 != CHECKSUM as u64 {
+            return Err(format!("{}: not a cairn snapshot (size {size})", path.display()));
+        }
+        let mut hasher = Sha256::new();
+        let mut body = (&mut file).take(size - CHECKSUM as u64);
+        std::io::copy(&mut body, &mut hasher).map_err(fail)?;
+        let mut stored = [0u8; CHECKSUM];
+        file.read_exact(&mut stored).map_err(fail)?;
+        if hasher.finalize()[..] != stored {
+            return Err(format!("{}: snapshot checksum mismatch: the file is damaged or incomplete", path.display()));
+        }
+        file.seek(SeekFrom::Start(0)).map_err(fail)?;
+        let mut reader = BufReader::new(file);
+        let mut magic = [0u8; 16];
+        reader.read_exact(&mut magic).map_err(fail)?;
+        if &magic != MAGIC {
+            return Err(format!("{}: not a cairn snapshot (an etcd one? restore it with etcdutl)", path.display()));
+        }
+        Ok((Rows { reader }, size, stored))
+    }
+
+    /// The next row: (column family, key, value); `None` at the end.
+    fn next_row(&mut self) -> Result<Option<(&'static str, Vec<u8>, Vec<u8>)>, String> {
+        let bad = |e: std::io::Error| format!("truncated snapshot: {e}");
+        let mut cf = [0u8; 1];
+        self.reader.read_exact(&mut cf).map_err(bad)?;
+        if cf[0] == END {
+            return Ok(None);
+        }
+        let name = *Cfs::ALL.get(cf[0] as usize).ok_or("bad snapshot row")?;
+        let mut lens = [0u8; 8];
+        self.reader.read_exact(&mut lens).map_err(bad)?;
+        let key_len = u32::from_be_bytes(lens[..4].try_into().expect("4 bytes")) as usize;
+        let value_len = u32::from_be_bytes(lens[4..].try_into().expect("4 bytes")) as usize;
+        let mut key = vec![0u8; key_len];
+        self.reader.read_exact(&mut key).map_err(bad)?;
+        let mut value = vec![0u8; value_len];
+        self.reader.read_exact(&mut value).map_err(bad)?;
+        Ok(Some((name, key, value)))
+    }
+}
+
+/// `snapshot status`: checks the file and counts what it holds.
+pub fn backup_status(path: &Path) -> Result<BackupStatus, String> {
+    let (mut rows, total_size, checksum) = Rows::open(path)?;
+    let (mut revision, mut total_keys) = (1, 0);
+    while let Some((cf, key, value)) = rows.next_row()? {
+        if cf == Cfs::LATEST {
+            total_keys += 1;
+        } else if cf == Cfs::META && key == keys::META_REVISION {
+            revision = keys::decode_i64(&value);
+        }
+    }
+    let hash = u32::from_be_bytes(checksum[..4].try_into().expect("4 bytes"));
+    Ok(BackupStatus { hash, revision, total_keys, total_size })
+}
+
+/// Fills the empty state database at `db_dir` from a snapshot file, in
+/// bounded batches; returns its status.
+pub fn restore_backup(path: &Path, db_dir: &Path) -> Result<(Store, BackupStatus), String> {
+    let status = backup_status(path)?;
+    let (mut rows, _, _) = Rows::open(path)?;
+    let store = Store::open(db_dir).map_err(|e| e.to_string())?;
+    let mut batch = WriteBatch::default();
+    while let Some((cf, key, value)) = rows.next_row()? {
+        if cf == Cfs::META && !DATA_META.contains(&key.as_slice()) {
+            continue;
+        }
+        batch.put_cf(Cfs::handle(&store.db, cf), key, value);
+        if batch.size_in_bytes() >= RESTORE_BATCH_BYTES {
+            store.write(std::mem::take(&mut batch)).map_err(|e| e.to_string())?;
+        }
+    }
+    store.write(batch).map_err(|e| e.to_string())?;
+    store.sync().map_err(|e| e.to_string())?;
+    store.load_revisions();
+    Ok((store, status))
+}
+
+/// The members a restored data dir forms its new cluster with, on its first start.
+pub type RestoredMembers = Vec<(u64, String, Vec<String>)>;
+
+impl Store {
+    pub fn set_restored_members(&self, members: &RestoredMembers) -> Result<(), KvError> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(Cfs::handle(&self.db, Cfs::META), keys::META_RESTORED_MEMBERS, keys::encode(members));
+        self.write(batch)?;
+        self.sync()
+    }
+
+    /// Set by `snapshot restore` until the new cluster is formed.
+    pub fn restored_members(&self) -> Result<Option<RestoredMembers>, KvError> {
+        self.get_meta(keys::META_RESTORED_MEMBERS).map(|v| decode(&v)).transpose()
+    }
+
+    pub fn clear_restored_members(&self) -> Result<(), KvError> {
+        let mut batch = WriteBatch::default();
+        batch.delete_cf(Cfs::handle(&self.db, Cfs::META), keys::META_RESTORED_MEMBERS);
+        self.write(batch)?;
+        self.sync()
+    }
+}
