@@ -1,5 +1,14 @@
-# Shared by the bench scripts: fresh clusters of etcd or cairn on loopback
-# ports, one after the other. Expects $members, $work and the pids array.
+# Shared by the bench scripts: builds cairn and the examples named in
+# $bench_examples, gives a scratch dir $work (removed on exit) and starts fresh
+# clusters of etcd or cairn on loopback ports, one after the other.
+. scripts/cargo-env.sh
+scripts/setup-debian.sh
+# shellcheck disable=SC2086 # one --example per name
+cargo build --release --locked --bin cairn $(printf -- '--example %s ' $bench_examples) >&2
+bin=$CARGO_TARGET_DIR/release
+work=$(mktemp -d)
+pids=()
+trap 'stop_all; rm -rf "$work"' EXIT
 
 stop_all() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
 

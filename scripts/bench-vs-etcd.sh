@@ -11,14 +11,8 @@ cd "$(dirname "$0")/.."
 total=${1:-20000}
 value_bytes=${2:-256}
 members=${3:-1}
-. scripts/cargo-env.sh
-scripts/setup-debian.sh
-cargo build --release --locked --bin cairn --example kv_bench >&2
-bin=$CARGO_TARGET_DIR/release
-work=$(mktemp -d)
-pids=()
+bench_examples=kv_bench
 . scripts/bench-lib.sh
-trap 'stop_all; rm -rf "$work"' EXIT
 
 declare -A rate p50 p99
 for kind in etcd cairn; do

@@ -10,14 +10,8 @@ watchers=${1:-100}
 puts=${2:-2000}
 value_bytes=${3:-256}
 members=1
-. scripts/cargo-env.sh
-scripts/setup-debian.sh
-cargo build --release --locked --bin cairn --example watch_bench >&2
-bin=$CARGO_TARGET_DIR/release
-work=$(mktemp -d)
-pids=()
+bench_examples=watch_bench
 . scripts/bench-lib.sh
-trap 'stop_all; rm -rf "$work"' EXIT
 
 declare -A p50 p99
 for kind in etcd cairn; do

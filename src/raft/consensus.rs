@@ -4,7 +4,6 @@
 //! leader for a read index.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +15,7 @@ use super::members::{ChangeFailure, ClusterInfo, MemberChange, Members, MembersS
 use super::network::{CallError, Method, Peers};
 use super::proposer::Proposer;
 use super::read_index::ReadIndexRounds;
+use super::snapshots::Snapshots;
 use super::{LogStore, PeerNode, PeerRefusal, PeerService, Raft, StateMachine};
 use crate::store::log::LogDb;
 use crate::store::types::{Command, CommandResult, KvError};
@@ -64,7 +64,7 @@ impl Consensus {
         store: Arc<Store>,
         hub: Arc<Hub>,
         lessor: Arc<Lessor>,
-        snapshot_file: PathBuf,
+        snapshots: Arc<Snapshots>,
     ) -> anyhow::Result<Consensus> {
         let config = Config {
             cluster_name: settings.cluster_token.clone(),
@@ -78,9 +78,8 @@ impl Consensus {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_count),
             max_in_snapshot_log_to_keep: settings.snapshot_count.min(5000),
             max_payload_entries: 1024,
-            // Sending a snapshot chunk and (for the last) installing the whole
-            // state on the follower: openraft's 200 ms default fails and
-            // restarts the transfer whenever the follower is busy.
+            // How long a follower may take no snapshot data before the
+            // transfer is given up (installing it has no limit).
             install_snapshot_timeout: 10_000,
             ..Default::default()
         };
@@ -91,7 +90,7 @@ impl Consensus {
             config,
             peers.clone(),
             LogStore::new(log),
-            StateMachine::new(store.clone(), hub, lessor.clone(), snapshot_file),
+            StateMachine::new(store.clone(), hub, lessor.clone(), snapshots),
         )
         .await?;
         // etcd's request timeout: 5 s plus two election timeouts.

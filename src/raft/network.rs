@@ -2,19 +2,21 @@
 //! member, used by openraft's replication and by request forwarding.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::io::SeekFrom;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use openraft::error::{
-    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Unreachable,
+    Fatal, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
-};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::{OptionalSend, Snapshot, Vote};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tonic::transport::{Channel, Endpoint};
 
 use super::dial::Dialer;
@@ -97,6 +99,12 @@ impl Peers {
         self.removed.subscribe()
     }
 
+    fn client(&self, id: u64, node: &PeerNode) -> Result<PeerClient<Channel>, CallError> {
+        Ok(PeerClient::new(self.channel(id, node)?)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX))
+    }
+
     /// One unary peer call: `method` picks the RPC, the payload is postcard.
     pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
@@ -117,9 +125,7 @@ impl Peers {
         method: Method,
         data: Vec<u8>,
     ) -> Result<Resp, CallError> {
-        let mut client = PeerClient::new(self.channel(id, node)?)
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX);
+        let mut client = self.client(id, node)?;
         let mut req = tonic::Request::new(Payload { data });
         if let Some(t) = timeout {
             req.set_timeout(t);
@@ -127,7 +133,6 @@ impl Peers {
         let reply = match method {
             Method::AppendEntries => client.append_entries(req).await,
             Method::Vote => client.vote(req).await,
-            Method::InstallSnapshot => client.install_snapshot(req).await,
             Method::Forward => client.forward(req).await,
             Method::ReadIndex => client.read_index(req).await,
             Method::Lease => client.lease(req).await,
@@ -148,7 +153,6 @@ impl Peers {
 pub enum Method {
     AppendEntries,
     Vote,
-    InstallSnapshot,
     Forward,
     ReadIndex,
     Lease,
@@ -193,6 +197,67 @@ impl PeerConnection {
     }
 }
 
+fn unreachable<E: std::error::Error + 'static>(e: &E) -> StreamingError<TypeConfig, Fatal<u64>> {
+    StreamingError::Unreachable(Unreachable::new(e))
+}
+
+/// A snapshot file goes to a follower in messages of this size.
+const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+
+impl PeerConnection {
+    /// Streams a snapshot file to the follower, which answers once it has
+    /// installed it. Installing a large state takes as long as it takes; the
+    /// transfer fails early only when the follower takes no data for
+    /// `stalled`, or when HTTP/2 keepalives find the connection dead.
+    async fn stream_snapshot(
+        &self,
+        vote: Vote<u64>,
+        snapshot: Snapshot<TypeConfig>,
+        stalled: Duration,
+    ) -> Result<SnapshotResponse<u64>, StreamingError<TypeConfig, Fatal<u64>>> {
+        let mut file = tokio::fs::File::from_std(snapshot.snapshot.file);
+        let size = file.metadata().await.map_err(|e| unreachable(&e))?.len();
+        file.seek(SeekFrom::Start(0)).await.map_err(|e| unreachable(&e))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let header = Payload { data: encode(&(&vote, &snapshot.meta, size)) };
+        let feed = async move {
+            tx.send(header).await.ok();
+            loop {
+                let mut data = Vec::with_capacity(SNAPSHOT_CHUNK_BYTES);
+                while data.len() < SNAPSHOT_CHUNK_BYTES && file.read_buf(&mut data).await? > 0 {}
+                if data.is_empty() {
+                    return Ok(());
+                }
+                match tokio::time::timeout(stalled, tx.send(Payload { data })).await {
+                    Err(_) => return Err(std::io::Error::other(format!("the follower took no snapshot data for {stalled:?}"))),
+                    // The call ended early: its answer says why.
+                    Ok(Err(_)) => return Ok(()),
+                    Ok(Ok(())) => {}
+                }
+            }
+        };
+        let mut client = self.peers.client(self.target, &self.node).map_err(|e| unreachable(&e))?;
+        let call = client.snapshot(tokio_stream::wrappers::ReceiverStream::new(rx));
+        tokio::pin!(call);
+        let ended_early = tokio::select! {
+            fed = feed => match fed {
+                Ok(()) => None,
+                Err(e) => return Err(StreamingError::Network(NetworkError::new(&e))),
+            },
+            answer = &mut call => Some(answer),
+        };
+        let answer = match ended_early {
+            Some(answer) => answer,
+            None => call.await,
+        };
+        self.peers.record_health(self.target, answer.is_ok());
+        let answer = answer.map_err(|e| unreachable(&e))?.into_inner();
+        let installed: Result<SnapshotResponse<u64>, Fatal<u64>> =
+            decode(&answer.data).map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        installed.map_err(|e| StreamingError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), e)))
+    }
+}
+
 impl RaftNetwork<TypeConfig> for PeerConnection {
     async fn append_entries(
         &mut self,
@@ -209,12 +274,17 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         self.raft_call(Method::AppendEntries, request, &option).await
     }
 
-    async fn install_snapshot(
+    async fn full_snapshot(
         &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
+        vote: Vote<u64>,
+        snapshot: Snapshot<TypeConfig>,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<u64>, RPCError<u64, PeerNode, RaftError<u64, InstallSnapshotError>>> {
-        self.raft_call(Method::InstallSnapshot, encode(&rpc), &option).await
+    ) -> Result<SnapshotResponse<u64>, StreamingError<TypeConfig, Fatal<u64>>> {
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            sent = self.stream_snapshot(vote, snapshot, option.hard_ttl()) => sent,
+        }
     }
 
     async fn vote(

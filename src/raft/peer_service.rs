@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use tonic::{Request, Response, Status};
+use openraft::{Snapshot, Vote};
+use tokio::io::AsyncWriteExt;
+use tonic::{Request, Response, Status, Streaming};
 
 use super::members::{ClusterInfo, MemberChange, Members};
 use super::network::removed_member_status;
@@ -11,6 +13,7 @@ use super::peerpb::peer_server::Peer;
 use super::peerpb::Payload;
 use super::proposer::Proposer;
 use super::read_index::ReadIndexRounds;
+use super::snapshots::{Meta, SnapshotData};
 use super::{decode, encode, PeerRefusal, Raft};
 use crate::lease::{LeaseQuery, Lessor};
 use crate::store::types::{Command, CommandResult};
@@ -33,6 +36,28 @@ fn reply<T: serde::Serialize>(value: &T) -> Result<Response<Payload>, Status> {
     Ok(Response::new(Payload { data: encode(value) }))
 }
 
+impl PeerService {
+    /// Writes a snapshot stream to `data`'s file (memory stays at a chunk or
+    /// two) and installs it once complete.
+    async fn receive_snapshot(&self, mut stream: Streaming<Payload>, data: SnapshotData) -> Result<Response<Payload>, Status> {
+        let header = stream.message().await?.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
+        let (vote, meta, size): (Vote<u64>, Meta, u64) =
+            decode(&header.data).map_err(|e| Status::invalid_argument(format!("bad peer payload: {e}")))?;
+        let io_error = |e: std::io::Error| Status::internal(format!("receiving a snapshot: {e}"));
+        let mut file = tokio::fs::File::from_std(data.file.try_clone().map_err(io_error)?);
+        let mut received = 0u64;
+        while let Some(chunk) = stream.message().await? {
+            received += chunk.data.len() as u64;
+            file.write_all(&chunk.data).await.map_err(io_error)?;
+        }
+        file.flush().await.map_err(io_error)?;
+        if received != size {
+            return Err(Status::aborted(format!("snapshot stream ended after {received} of {size} bytes")));
+        }
+        reply(&self.raft.install_full_snapshot(vote, Snapshot { meta, snapshot: Box::new(data) }).await)
+    }
+}
+
 #[tonic::async_trait]
 impl Peer for PeerService {
     async fn append_entries(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
@@ -52,8 +77,13 @@ impl Peer for PeerService {
         reply(&self.raft.vote(vote).await)
     }
 
-    async fn install_snapshot(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
-        reply(&self.raft.install_snapshot(payload(req)?).await)
+    async fn snapshot(&self, req: Request<Streaming<Payload>>) -> Result<Response<Payload>, Status> {
+        let data = self.raft.begin_receiving_snapshot().await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let temp = data.path.clone();
+        let answer = self.receive_snapshot(req.into_inner(), *data).await;
+        // An installed snapshot was moved into place; anything else is dropped.
+        let _ = tokio::fs::remove_file(&temp).await;
+        answer
     }
 
     async fn forward(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {

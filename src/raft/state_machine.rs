@@ -1,21 +1,18 @@
 //! openraft's state machine on `store::Store`. Every entry is applied in one
-//! atomic RocksDB write together with the applied log id and membership; the
-//! latest snapshot is kept as a file beside the state database.
+//! atomic RocksDB write together with the applied log id and membership;
+//! snapshots are files (`snapshots`).
 
-use std::io::Cursor;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
+use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageError, StorageIOError};
 
-use super::{decode, encode, LogId, PeerNode, StoredMembership, TypeConfig};
+use super::snapshots::{applied_state, Meta, SnapshotData, Snapshots};
+use super::{decode, encode, LogId, StoredMembership, TypeConfig};
 use crate::store::types::{Command, CommandResult, KvError};
 use crate::store::Store;
 use crate::lease::Lessor;
 use crate::watch::Hub;
-
-type Meta = SnapshotMeta<u64, PeerNode>;
 
 pub struct StateMachine {
     store: Arc<Store>,
@@ -23,32 +20,7 @@ pub struct StateMachine {
     hub: Arc<Hub>,
     /// Mirrors the store's leases.
     lessor: Arc<Lessor>,
-    snapshot_file: Arc<SnapshotFile>,
-}
-
-/// The latest snapshot on disk. Builds run in their own task and may overlap
-/// an install, so writes are serialized and a build never replaces a newer file.
-struct SnapshotFile {
-    path: PathBuf,
-    written: Mutex<Option<LogId>>,
-}
-
-impl SnapshotFile {
-    /// Writes the snapshot unless (for a build) the file already holds a newer one.
-    fn write(&self, meta: &Meta, data: &[u8], installed: bool) -> std::io::Result<()> {
-        use std::io::Write;
-        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        if !installed && written.is_some() && *written >= meta.last_log_id {
-            return Ok(());
-        }
-        let tmp = self.path.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&encode(&(meta, data)))?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &self.path)?;
-        *written = meta.last_log_id;
-        Ok(())
-    }
+    snapshots: Arc<Snapshots>,
 }
 
 fn sm_error(verb: ErrorVerb, e: impl ToString) -> StorageError<u64> {
@@ -59,9 +31,8 @@ fn sm_error(verb: ErrorVerb, e: impl ToString) -> StorageError<u64> {
 type RaftState = (Option<LogId>, StoredMembership);
 
 impl StateMachine {
-    pub fn new(store: Arc<Store>, hub: Arc<Hub>, lessor: Arc<Lessor>, snapshot_file: PathBuf) -> StateMachine {
-        let snapshot_file = Arc::new(SnapshotFile { path: snapshot_file, written: Mutex::new(None) });
-        StateMachine { store, hub, lessor, snapshot_file }
+    pub fn new(store: Arc<Store>, hub: Arc<Hub>, lessor: Arc<Lessor>, snapshots: Arc<Snapshots>) -> StateMachine {
+        StateMachine { store, hub, lessor, snapshots }
     }
 
     /// Applies one command (or just moves the applied state, for `None`),
@@ -94,7 +65,7 @@ impl StateMachine {
             store: self.store.clone(),
             hub: self.hub.clone(),
             lessor: self.lessor.clone(),
-            snapshot_file: self.snapshot_file.clone(),
+            snapshots: self.snapshots.clone(),
         }
     }
 
@@ -108,18 +79,10 @@ impl StateMachine {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
-        let store = self.store.clone();
-        let file = self.snapshot_file.clone();
+        let sm = self.share();
         tokio::task::spawn_blocking(move || {
-            let (data, raft_state) = store.export().map_err(|e| sm_error(ErrorVerb::Read, e))?;
-            let (last_log_id, last_membership): RaftState = match raft_state {
-                Some(bytes) => decode(&bytes).map_err(|e| sm_error(ErrorVerb::Read, e))?,
-                None => (None, StoredMembership::default()),
-            };
-            let snapshot_id = last_log_id.map_or_else(|| "empty".to_string(), |id| format!("{}-{}", id.leader_id, id.index));
-            let meta = Meta { last_log_id, last_membership, snapshot_id };
-            file.write(&meta, &data, false).map_err(|e| sm_error(ErrorVerb::Write, e))?;
-            Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+            let (meta, data) = sm.snapshots.build(&sm.store).map_err(|e| sm_error(ErrorVerb::Write, e))?;
+            Ok(Snapshot { meta, snapshot: Box::new(data) })
         })
         .await
         .map_err(|e| sm_error(ErrorVerb::Write, e))?
@@ -201,21 +164,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.share()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError<u64>> {
+        self.snapshots.create_temp().map(Box::new).map_err(|e| sm_error(ErrorVerb::Write, e))
     }
 
-    async fn install_snapshot(&mut self, meta: &Meta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError<u64>> {
-        let data = snapshot.into_inner();
+    async fn install_snapshot(&mut self, meta: &Meta, snapshot: Box<SnapshotData>) -> Result<(), StorageError<u64>> {
         let sm = self.share();
         let meta = meta.clone();
         tokio::task::spawn_blocking(move || {
-            let state = encode(&(meta.last_log_id, &meta.last_membership));
-            sm.store.import(&data, &state).map_err(|e| sm_error(ErrorVerb::Write, e))?;
+            // The file becomes the current snapshot first: a crash during the
+            // install below is finished from it on restart.
+            let data = sm.snapshots.publish(&meta, *snapshot, true).map_err(|e| sm_error(ErrorVerb::Write, e))?;
+            sm.store.install_backup(&data.path, &applied_state(&meta)).map_err(|e| sm_error(ErrorVerb::Write, e))?;
             sm.hub.reset(sm.store.revision());
             sm.lessor.reload(sm.store.leases());
-            sm.snapshot_file.write(&meta, &data, true).map_err(|e| sm_error(ErrorVerb::Write, e))?;
-            tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "installed snapshot from the leader");
+            let bytes = data.file.metadata().map_or(0, |m| m.len());
+            tracing::info!(snapshot = %meta.snapshot_id, bytes, "installed snapshot from the leader");
             Ok(())
         })
         .await
@@ -223,13 +187,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
-        let bytes = match std::fs::read(&self.snapshot_file.path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(sm_error(ErrorVerb::Read, e)),
-        };
-        let (meta, data): (Meta, Vec<u8>) = decode(&bytes).map_err(|e| sm_error(ErrorVerb::Read, e))?;
-        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+        let current = self.snapshots.current().map_err(|e| sm_error(ErrorVerb::Read, e))?;
+        Ok(current.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(data) }))
     }
 }
 
@@ -255,7 +214,8 @@ mod tests {
         let store = Arc::new(Store::open(&dir.path().join("db")).unwrap());
         let hub = Arc::new(Hub::new(store.revision(), 1 << 20));
         let lessor = Arc::new(Lessor::new(Vec::new()));
-        let mut sm = StateMachine::new(store.clone(), hub, lessor, dir.path().join("raft.snap"));
+        let snapshots = Arc::new(Snapshots::open(dir.path().join("raft")).unwrap());
+        let mut sm = StateMachine::new(store.clone(), hub, lessor, snapshots);
         let log_id = LogId::new(CommittedLeaderId::new(1, 1), 5);
         let commands = vec![put("a"), put("b"), put("c")];
 

@@ -23,6 +23,7 @@ use crate::bootstrap::InitialCluster;
 use crate::config::{ClusterState, Config, ConfigError, ListenUrl};
 use crate::raft::peerpb::peer_server::PeerServer;
 use crate::raft::members::{ask_cluster, MemberView, JOIN_PATIENCE};
+use crate::raft::snapshots::Snapshots;
 use crate::raft::{Consensus, PeerNode, RaftSettings};
 use crate::store::log::LogDb;
 use crate::store::types::{Command, MemberInfo};
@@ -143,6 +144,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let store = Arc::new(Store::open(&snap_dir.join("db"))?);
+    let snapshots = Arc::new(Snapshots::open(snap_dir.join("raft")).context("raft snapshots")?);
+    snapshots.finish_interrupted_install(&store)?;
     let log = LogDb::open(&wal_dir).with_context(|| format!("raft log in {}", wal_dir.display()))?;
 
     let (member_id, cluster_id, initial) = match store.identity() {
@@ -182,7 +185,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         store.clone(),
         hub.clone(),
         lessor.clone(),
-        snap_dir.join("raft.snap"),
+        snapshots,
     )
     .await?;
     if let Some(members) = store.restored_members()? {

@@ -9,6 +9,7 @@
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
+use std::sync::atomic::Ordering;
 
 use rocksdb::{IteratorMode, WriteBatch};
 use sha2::{Digest, Sha256};
@@ -41,9 +42,12 @@ pub struct BackupStatus {
 
 impl Store {
     /// Streams a point-in-time copy of the state to `send` in chunks of
-    /// `CHUNK_BYTES`; stops early (Ok) when `send` returns false.
-    pub fn write_backup(&self, mut send: impl FnMut(Vec<u8>) -> bool) -> Result<(), KvError> {
+    /// `CHUNK_BYTES`; stops early (Ok) when `send` returns false. Returns the
+    /// Raft applied state the copy holds.
+    pub fn write_backup(&self, mut send: impl FnMut(Vec<u8>) -> bool) -> Result<Option<Vec<u8>>, KvError> {
         let snapshot = self.db.snapshot();
+        let raft_state =
+            snapshot.get_cf(Cfs::handle(&self.db, Cfs::META), keys::META_RAFT_APPLIED).map_err(db_error)?;
         let mut hasher = Sha256::new();
         let mut chunk = Vec::with_capacity(CHUNK_BYTES + PAGE);
         let mut written = 0usize;
@@ -57,19 +61,84 @@ impl Store {
                 chunk.extend_from_slice(&k);
                 chunk.extend_from_slice(&v);
                 if chunk.len() >= CHUNK_BYTES && !emit(&mut chunk, &mut hasher, &mut written, &mut send) {
-                    return Ok(());
+                    return Ok(raft_state);
                 }
             }
         }
         chunk.push(END);
         let total = written + chunk.len();
         chunk.resize(chunk.len() + (PAGE - total % PAGE) % PAGE, 0);
-        if !emit(&mut chunk, &mut hasher, &mut written, &mut send) {
-            return Ok(());
+        if emit(&mut chunk, &mut hasher, &mut written, &mut send) {
+            send(hasher.finalize().to_vec());
         }
-        send(hasher.finalize().to_vec());
+        Ok(raft_state)
+    }
+
+    /// Replaces the whole state with a snapshot file's (one from the leader),
+    /// in bounded batches. Until the last batch the store is a mix of old and
+    /// new: reads are refused meanwhile, and a marker written first lets a
+    /// restart after a crash see it (`install_interrupted`) and redo it.
+    pub fn install_backup(&self, path: &Path, raft_state: &[u8]) -> Result<(), String> {
+        let (mut rows, _, _) = Rows::open(path)?;
+        self.installing.store(true, Ordering::SeqCst);
+        let result = self.replace_state(&mut rows, raft_state).map_err(|e| e.to_string());
+        self.installing.store(false, Ordering::SeqCst);
+        self.load_revisions();
+        result
+    }
+
+    fn replace_state(&self, rows: &mut Rows, raft_state: &[u8]) -> Result<(), KvError> {
+        let meta = Cfs::handle(&self.db, Cfs::META);
+        // Who this member is stays; everything else comes from the leader.
+        let identity = self.get_meta(keys::META_IDENTITY);
+        let mut batch = WriteBatch::default();
+        for name in Cfs::ALL {
+            // Everything from the empty key up to and including the last one.
+            let cf = Cfs::handle(&self.db, name);
+            if let Some(last) = self.db.iterator_cf(cf, IteratorMode::End).next() {
+                let (last, _) = last.map_err(db_error)?;
+                batch.delete_range_cf(cf, &[][..], &last[..]);
+                batch.delete_cf(cf, &last);
+            }
+        }
+        if let Some(id) = identity {
+            batch.put_cf(meta, keys::META_IDENTITY, id);
+        }
+        batch.put_cf(meta, keys::META_INSTALLING, b"");
+        self.write(batch)?;
+        self.sync()?;
+        copy_rows(rows, self, |cf, key| {
+            !(cf == Cfs::META && [keys::META_IDENTITY, keys::META_RAFT_APPLIED].contains(&key))
+        })
+        .map_err(KvError::Internal)?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(meta, keys::META_RAFT_APPLIED, raft_state);
+        batch.delete_cf(meta, keys::META_INSTALLING);
+        self.write(batch)?;
+        self.sync()?;
         Ok(())
     }
+
+    /// A snapshot install was cut short: the state is a mix until it is redone.
+    pub fn install_interrupted(&self) -> bool {
+        self.get_meta(keys::META_INSTALLING).is_some()
+    }
+}
+
+/// Writes the rows that `keep` accepts into `store`, in batches of about
+/// `RESTORE_BATCH_BYTES`.
+fn copy_rows(rows: &mut Rows, store: &Store, keep: impl Fn(&str, &[u8]) -> bool) -> Result<(), String> {
+    let mut batch = WriteBatch::default();
+    while let Some((cf, key, value)) = rows.next_row()? {
+        if !keep(cf, &key) {
+            continue;
+        }
+        batch.put_cf(Cfs::handle(&store.db, cf), key, value);
+        if batch.size_in_bytes() >= RESTORE_BATCH_BYTES {
+            store.write(std::mem::take(&mut batch)).map_err(|e| e.to_string())?;
+        }
+    }
+    store.write(batch).map_err(|e| e.to_string())
 }
 
 /// Hands the chunk on, counted and hashed; false when nobody takes it any more.
@@ -154,17 +223,7 @@ pub fn restore_backup(path: &Path, db_dir: &Path) -> Result<(Store, BackupStatus
     let status = backup_status(path)?;
     let (mut rows, _, _) = Rows::open(path)?;
     let store = Store::open(db_dir).map_err(|e| e.to_string())?;
-    let mut batch = WriteBatch::default();
-    while let Some((cf, key, value)) = rows.next_row()? {
-        if cf == Cfs::META && !DATA_META.contains(&key.as_slice()) {
-            continue;
-        }
-        batch.put_cf(Cfs::handle(&store.db, cf), key, value);
-        if batch.size_in_bytes() >= RESTORE_BATCH_BYTES {
-            store.write(std::mem::take(&mut batch)).map_err(|e| e.to_string())?;
-        }
-    }
-    store.write(batch).map_err(|e| e.to_string())?;
+    copy_rows(&mut rows, &store, |cf, key| cf != Cfs::META || DATA_META.contains(&key))?;
     store.sync().map_err(|e| e.to_string())?;
     store.load_revisions();
     Ok((store, status))

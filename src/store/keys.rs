@@ -133,6 +133,8 @@ pub const META_ENTRY_PROGRESS: &[u8] = b"entry_progress";
 pub const META_IDENTITY: &[u8] = b"identity";
 /// The new cluster a restored data dir forms on its first start.
 pub const META_RESTORED_MEMBERS: &[u8] = b"restored_members";
+/// Present while a snapshot from the leader replaces the state.
+pub const META_INSTALLING: &[u8] = b"installing_snapshot";
 pub const MEMBER_PREFIX: &[u8] = b"member/";
 
 /// Members added as voters that serve as learners until they catch up.

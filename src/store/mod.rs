@@ -73,6 +73,8 @@ pub struct Store {
     physically_compacted: tokio::sync::watch::Sender<i64>,
     /// A NOSPACE alarm is raised.
     nospace: AtomicBool,
+    /// A snapshot from the leader is replacing the state: reads would see a mix.
+    installing: AtomicBool,
 }
 
 impl Store {
@@ -91,6 +93,7 @@ impl Store {
             compaction_requested: tokio::sync::watch::channel(0).0,
             physically_compacted: tokio::sync::watch::channel(0).0,
             nospace: AtomicBool::new(false),
+            installing: AtomicBool::new(false),
         };
         store.load_revisions();
         Ok(store)
@@ -125,6 +128,9 @@ impl Store {
     /// A consistent view at the current revision. The revision is read inside
     /// the snapshot so it always matches what the view sees.
     fn snapshot_view(&self) -> Result<View<'_>, KvError> {
+        if self.installing.load(Ordering::SeqCst) {
+            return Err(KvError::InstallingSnapshot);
+        }
         let snapshot = self.db.snapshot();
         let meta = Cfs::handle(&self.db, Cfs::META);
         let read = |k: &[u8]| -> Result<i64, KvError> {
@@ -367,57 +373,5 @@ impl Store {
                 .sum()
         };
         prop("rocksdb.total-sst-files-size") + prop("rocksdb.cur-size-all-mem-tables")
-    }
-
-    /// Serializes the whole state (every column family) for a Raft snapshot;
-    /// returns it with the Raft applied state it corresponds to.
-    pub fn export(&self) -> Result<(Vec<u8>, Option<Vec<u8>>), KvError> {
-        // Once a snapshot exists, Raft may purge the log it covers: what the
-        // snapshot holds must not be lost to a crash of the (unsynced) state.
-        self.sync()?;
-        let snapshot = self.db.snapshot();
-        let mut rows: Vec<(u8, Vec<u8>, Vec<u8>)> = Vec::new();
-        for (i, name) in Cfs::ALL.iter().enumerate() {
-            for item in snapshot.iterator_cf(Cfs::handle(&self.db, name), IteratorMode::Start) {
-                let (k, v) = item.map_err(db_error)?;
-                rows.push((i as u8, k.to_vec(), v.to_vec()));
-            }
-        }
-        let raft_state =
-            snapshot.get_cf(Cfs::handle(&self.db, Cfs::META), keys::META_RAFT_APPLIED).map_err(db_error)?;
-        Ok((keys::encode(&rows), raft_state))
-    }
-
-    /// Replaces the whole state with an exported one (a snapshot from the leader).
-    pub fn import(&self, data: &[u8], raft_state: &[u8]) -> Result<(), KvError> {
-        let rows: Vec<(u8, Vec<u8>, Vec<u8>)> = decode(data)?;
-        // Who this member is stays; everything else comes from the leader.
-        let identity = self.get_meta(keys::META_IDENTITY);
-        let mut batch = WriteBatch::default();
-        for name in Cfs::ALL {
-            // Everything from the empty key up to and including the last one.
-            let cf = Cfs::handle(&self.db, name);
-            if let Some(last) = self.db.iterator_cf(cf, IteratorMode::End).next() {
-                let (last, _) = last.map_err(db_error)?;
-                batch.delete_range_cf(cf, &[][..], &last[..]);
-                batch.delete_cf(cf, &last);
-            }
-        }
-        for (i, k, v) in rows {
-            let name = *Cfs::ALL.get(i as usize).ok_or_else(|| KvError::Internal("bad snapshot".into()))?;
-            if name == Cfs::META && k == keys::META_IDENTITY {
-                continue; // the sender's identity, not ours
-            }
-            batch.put_cf(Cfs::handle(&self.db, name), k, v);
-        }
-        let meta = Cfs::handle(&self.db, Cfs::META);
-        if let Some(id) = identity {
-            batch.put_cf(meta, keys::META_IDENTITY, id);
-        }
-        batch.put_cf(meta, keys::META_RAFT_APPLIED, raft_state);
-        self.write(batch)?;
-        self.sync()?;
-        self.load_revisions();
-        Ok(())
     }
 }

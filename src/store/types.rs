@@ -245,6 +245,8 @@ pub enum KvError {
     TooManyLearners,
     #[error("etcdserver: the member has been permanently removed from the cluster")]
     MemberRemoved,
+    #[error("etcdserver: member is installing a snapshot from the leader, retry")]
+    InstallingSnapshot,
 }
 
 impl Op {

@@ -75,7 +75,7 @@ pub fn status(e: KvError) -> Status {
         | KvError::MemberRemoved => Code::FailedPrecondition,
         KvError::LeaseNotFound | KvError::MemberNotFound => Code::NotFound,
         KvError::NoSpace => Code::ResourceExhausted,
-        KvError::NoLeader | KvError::LeaderChanged | KvError::Timeout | KvError::Stopped | KvError::Unhealthy => {
+        KvError::NoLeader | KvError::LeaderChanged | KvError::Timeout | KvError::Stopped | KvError::Unhealthy | KvError::InstallingSnapshot => {
             Code::Unavailable
         }
         KvError::Internal(_) => Code::Internal,
