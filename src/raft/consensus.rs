@@ -184,8 +184,7 @@ impl Consensus {
 
     /// The members of the current configuration, as the Cluster API shows them.
     pub async fn cluster(&self) -> Result<ClusterInfo, KvError> {
-        let members = self.members.clone();
-        tokio::task::spawn_blocking(move || members.view()).await.map_err(|e| KvError::Internal(e.to_string()))
+        self.members.view_off_workers().await.map_err(|e| KvError::Internal(e.to_string()))
     }
 
     /// Adds, removes, updates or promotes a member (on the leader, wherever

@@ -73,11 +73,7 @@ pub struct Members {
     proposer: Proposer,
     peers: Peers,
     store: Arc<Store>,
-    member_id: u64,
-    cluster_id: u64,
-    cluster_token: String,
-    strict_reconfig_check: bool,
-    max_learners: usize,
+    settings: Arc<MembersSettings>,
 }
 
 pub struct MembersSettings {
@@ -116,17 +112,7 @@ fn valid_peer_urls(urls: &[String]) -> bool {
 
 impl Members {
     pub fn new(raft: Raft, proposer: Proposer, peers: Peers, store: Arc<Store>, settings: MembersSettings) -> Members {
-        Members {
-            raft,
-            proposer,
-            peers,
-            store,
-            member_id: settings.member_id,
-            cluster_id: settings.cluster_id,
-            cluster_token: settings.cluster_token,
-            strict_reconfig_check: settings.strict_reconfig_check,
-            max_learners: settings.max_learners,
-        }
+        Members { raft, proposer, peers, store, settings: Arc::new(settings) }
     }
 
     fn current(&self) -> Current {
@@ -159,13 +145,19 @@ impl Members {
                 }
             })
             .collect();
-        ClusterInfo { cluster_id: self.cluster_id, members }
+        ClusterInfo { cluster_id: self.settings.cluster_id, members }
+    }
+
+    /// `view`, read on a blocking thread.
+    pub async fn view_off_workers(&self) -> Result<ClusterInfo, tokio::task::JoinError> {
+        let members = self.clone();
+        tokio::task::spawn_blocking(move || members.view()).await
     }
 
     /// Runs a change on this member, which must be the leader.
     pub async fn change(&self, change: MemberChange) -> Result<u64, ChangeFailure> {
         let leader = self.raft.metrics().borrow().current_leader;
-        if leader != Some(self.member_id) {
+        if leader != Some(self.settings.member_id) {
             return Err(ChangeFailure::Refused(PeerRefusal::NotLeader(leader)));
         }
         let current = self.current();
@@ -181,10 +173,10 @@ impl Members {
         self.check_new_urls(current, None, &peer_urls)?;
         if learner {
             let learners = self.view().members.iter().filter(|m| m.is_learner).count();
-            if learners >= self.max_learners {
+            if learners >= self.settings.max_learners {
                 return rejected(KvError::TooManyLearners);
             }
-        } else if self.strict_reconfig_check {
+        } else if self.settings.strict_reconfig_check {
             // etcd: adding a voter must leave enough started members for a quorum.
             let started = self.started_voters(current, None);
             let members = current.voters.len() + 1;
@@ -197,7 +189,7 @@ impl Members {
         }
         // etcd mixes the time in, so a member removed and added again gets a new id.
         let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos();
-        let id = member_id(&peer_urls, &format!("{}{nanos}", self.cluster_token));
+        let id = member_id(&peer_urls, &format!("{}{nanos}", self.settings.cluster_token));
         let node = PeerNode { name: String::new(), peer_urls };
         if !learner && current.voters.len() >= 2 {
             // The voters there already make a quorum of the new configuration.
@@ -218,7 +210,7 @@ impl Members {
             return rejected(KvError::MemberNotFound);
         }
         let change = if current.is_voter(id) {
-            if self.strict_reconfig_check {
+            if self.settings.strict_reconfig_check {
                 self.check_voter_removal(current, id)?;
             }
             ChangeMembers::RemoveVoters(BTreeSet::from([id]))
@@ -238,7 +230,7 @@ impl Members {
             return rejected(KvError::NotEnoughStartedMembers);
         }
         // A member that is down is not part of the active quorum.
-        if id != self.member_id && self.peers.active_since(id).is_none() {
+        if id != self.settings.member_id && self.peers.active_since(id).is_none() {
             return Ok(());
         }
         let active = current.voters.iter().filter(|v| self.is_connected(**v)).count();
@@ -267,7 +259,7 @@ impl Members {
         if !self.caught_up(id) {
             return rejected(KvError::LearnerNotReady);
         }
-        if self.strict_reconfig_check {
+        if self.settings.strict_reconfig_check {
             // The learner counts as started and as a member of the new quorum.
             let started = self.started_voters(current, None) + 1;
             let members = current.voters.len() + 1;
@@ -284,7 +276,7 @@ impl Members {
     /// it has caught up. Cheap when there is nothing to do.
     pub async fn promote_caught_up(&self) {
         let current = self.current();
-        if current.nodes.len() == current.voters.len() || self.raft.metrics().borrow().current_leader != Some(self.member_id)
+        if current.nodes.len() == current.voters.len() || self.raft.metrics().borrow().current_leader != Some(self.settings.member_id)
         {
             return;
         }
@@ -334,7 +326,7 @@ impl Members {
 
     /// This member, or a member that has answered without a break for etcd's health interval.
     fn is_connected(&self, id: u64) -> bool {
-        id == self.member_id || self.peers.active_since(id).is_some_and(|t| t.elapsed() >= HEALTH_INTERVAL)
+        id == self.settings.member_id || self.peers.active_since(id).is_some_and(|t| t.elapsed() >= HEALTH_INTERVAL)
     }
 
     fn connected_to_all(&self, current: &Current) -> bool {

@@ -29,7 +29,11 @@ pub struct PeerService {
 }
 
 fn payload<T: serde::de::DeserializeOwned>(req: Request<Payload>) -> Result<T, Status> {
-    decode(&req.into_inner().data).map_err(|e| Status::invalid_argument(format!("bad peer payload: {e}")))
+    decoded(&req.into_inner())
+}
+
+fn decoded<T: serde::de::DeserializeOwned>(message: &Payload) -> Result<T, Status> {
+    decode(&message.data).map_err(|e| Status::invalid_argument(format!("bad peer payload: {e}")))
 }
 
 fn reply<T: serde::Serialize>(value: &T) -> Result<Response<Payload>, Status> {
@@ -41,8 +45,7 @@ impl PeerService {
     /// two) and installs it once complete.
     async fn receive_snapshot(&self, mut stream: Streaming<Payload>, data: SnapshotData) -> Result<Response<Payload>, Status> {
         let header = stream.message().await?.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
-        let (vote, meta, size): (Vote<u64>, Meta, u64) =
-            decode(&header.data).map_err(|e| Status::invalid_argument(format!("bad peer payload: {e}")))?;
+        let (vote, meta, size): (Vote<u64>, Meta, u64) = decoded(&header)?;
         let io_error = |e: std::io::Error| Status::internal(format!("receiving a snapshot: {e}"));
         let mut file = tokio::fs::File::from_std(data.file.try_clone().map_err(io_error)?);
         let mut received = 0u64;
@@ -108,9 +111,7 @@ impl Peer for PeerService {
     }
 
     async fn cluster_info(&self, _req: Request<Payload>) -> Result<Response<Payload>, Status> {
-        let members = self.members.clone();
-        let info: ClusterInfo =
-            tokio::task::spawn_blocking(move || members.view()).await.map_err(|e| Status::internal(e.to_string()))?;
+        let info: ClusterInfo = self.members.view_off_workers().await.map_err(|e| Status::internal(e.to_string()))?;
         reply(&info)
     }
 }

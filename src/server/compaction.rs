@@ -76,7 +76,6 @@ const REVISION_MODE_INTERVAL: Duration = Duration::from_secs(300);
 ///   most an hour), the store is compacted to the revision of a period ago.
 /// - revision: every five minutes, compacted to the revision `retention` back.
 pub async fn auto_compact(node: Arc<Node>, mode: AutoCompaction) {
-    let mut stopping = node.stopping.clone();
     let (interval, compact_every, samples_kept) = match mode {
         AutoCompaction::Periodic(period) => {
             let capped = period.min(Duration::from_secs(3600));
@@ -96,9 +95,8 @@ pub async fn auto_compact(node: Arc<Node>, mode: AutoCompaction) {
         if samples.len() > samples_kept {
             samples.pop_front();
         }
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = stopping.wait_for(|s| *s) => return,
+        if !node.idle(interval).await {
+            return;
         }
         if node.consensus.leader() != Some(node.member_id) || last_success.elapsed() < wait {
             continue;

@@ -310,12 +310,10 @@ fn check_restart(
 /// On the leader, turns members added as voters (which join as learners)
 /// into voters once they have caught up.
 async fn promote_new_voters(node: Arc<Node>) {
-    let mut stopping = node.stopping.clone();
     loop {
         node.consensus.promote_caught_up().await;
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-            _ = stopping.wait_for(|s| *s) => return,
+        if !node.idle(Duration::from_millis(200)).await {
+            return;
         }
     }
 }

@@ -45,6 +45,15 @@ pub struct Header {
 }
 
 impl Node {
+    /// Waits `period` for a background task; false once the member is stopping.
+    pub async fn idle(&self, period: Duration) -> bool {
+        let mut stopping = self.stopping.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(period) => true,
+            _ = stopping.wait_for(|s| *s) => false,
+        }
+    }
+
     pub fn header(&self, revision: i64) -> Header {
         Header {
             cluster_id: self.cluster_id,
