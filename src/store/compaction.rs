@@ -77,7 +77,7 @@ impl Store {
 
     /// Follows the compact revision, for the background removal.
     pub fn compaction_requests(&self) -> tokio::sync::watch::Receiver<i64> {
-        self.compaction_requested.subscribe()
+        self.compact_revision.subscribe()
     }
 }
 

@@ -66,9 +66,8 @@ pub struct OpenError {
 pub struct Store {
     db: DB,
     revision: AtomicI64,
-    compact_revision: AtomicI64,
-    /// The compact revision, for the background removal of old versions.
-    compaction_requested: tokio::sync::watch::Sender<i64>,
+    /// Also followed by the background removal of old versions.
+    compact_revision: tokio::sync::watch::Sender<i64>,
     /// The compact revision whose old versions are all removed.
     physically_compacted: tokio::sync::watch::Sender<i64>,
     /// A NOSPACE alarm is raised.
@@ -89,8 +88,7 @@ impl Store {
         let store = Store {
             db,
             revision: AtomicI64::new(0),
-            compact_revision: AtomicI64::new(0),
-            compaction_requested: tokio::sync::watch::channel(0).0,
+            compact_revision: tokio::sync::watch::channel(0).0,
             physically_compacted: tokio::sync::watch::channel(0).0,
             nospace: AtomicBool::new(false),
             installing: AtomicBool::new(false),
@@ -106,9 +104,7 @@ impl Store {
     fn load_revisions(&self) {
         // A fresh store is at revision 1, as etcd's is.
         self.revision.store(self.meta_i64(META_REVISION).max(1), Ordering::SeqCst);
-        let compact_revision = self.meta_i64(META_COMPACT_REVISION);
-        self.compact_revision.store(compact_revision, Ordering::SeqCst);
-        self.compaction_requested.send_replace(compact_revision);
+        self.compact_revision.send_replace(self.meta_i64(META_COMPACT_REVISION));
         self.physically_compacted.send_replace(self.physically_compacted());
         self.load_alarms();
     }
@@ -118,7 +114,7 @@ impl Store {
     }
 
     pub fn compact_revision(&self) -> i64 {
-        self.compact_revision.load(Ordering::SeqCst)
+        *self.compact_revision.borrow()
     }
 
     fn get_meta(&self, key: &[u8]) -> Option<Vec<u8>> {
@@ -222,8 +218,7 @@ impl Store {
         self.revision.store(revision, Ordering::SeqCst);
         if let Some(Command::Compact { revision: c, .. }) = command {
             if outcome.is_ok() {
-                self.compact_revision.store(*c, Ordering::SeqCst);
-                self.compaction_requested.send_replace(*c);
+                self.compact_revision.send_replace(*c);
             }
         }
         if matches!(command, Some(Command::Alarm { .. })) {
