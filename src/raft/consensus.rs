@@ -16,6 +16,7 @@ use super::network::{CallError, Method, Peers};
 use super::proposer::Proposer;
 use super::read_index::ReadIndexRounds;
 use super::snapshots::Snapshots;
+use super::transfer;
 use super::{LogStore, PeerNode, PeerRefusal, PeerService, Raft, StateMachine};
 use crate::store::log::LogDb;
 use crate::store::types::{Command, CommandResult, KvError};
@@ -148,6 +149,7 @@ impl Consensus {
             lessor: self.lessor.clone(),
             members: self.members.clone(),
             store: self.store.clone(),
+            peers: self.peers.clone(),
         }
     }
 
@@ -379,6 +381,33 @@ impl Consensus {
             }
             // Wake on any Raft state change, or poll again soon.
             let _ = tokio::time::timeout(remaining.min(Duration::from_millis(100)), metrics.changed()).await;
+        }
+    }
+
+    /// etcd's MoveLeader: on the leader, hands leadership to voter `target`.
+    pub async fn move_leader(&self, target: u64) -> Result<(), KvError> {
+        transfer::transfer_leadership(&self.raft, &self.proposer, &self.peers, target, self.request_timeout).await
+    }
+
+    /// A stopping leader hands over to the most caught-up voter, as etcd
+    /// does, so that its going costs the cluster no election timeout.
+    pub async fn hand_over_leadership(&self) {
+        if self.leader() != Some(self.member_id) {
+            return;
+        }
+        let Some(successor) = transfer::successor(&self.raft, &self.peers) else {
+            tracing::info!("skipped leadership transfer: no other voting member answers");
+            return;
+        };
+        let started = Instant::now();
+        let patience = 2 * self.election_timeout;
+        match transfer::transfer_leadership(&self.raft, &self.proposer, &self.peers, successor, patience).await {
+            Ok(()) => tracing::info!(
+                to = format!("{successor:x}"),
+                took = ?started.elapsed(),
+                "leadership transferred before stopping"
+            ),
+            Err(e) => tracing::warn!(to = format!("{successor:x}"), error = %e, "leadership transfer before stopping failed"),
         }
     }
 

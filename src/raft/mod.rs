@@ -2,6 +2,7 @@
 //! adapters, the peer network, and `Consensus`, which turns client commands
 //! into committed results and provides linearizable read barriers.
 
+mod clock;
 mod consensus;
 mod dial;
 mod log_store;
@@ -12,6 +13,7 @@ mod proposer;
 mod read_index;
 pub mod snapshots;
 mod state_machine;
+mod transfer;
 
 use std::fmt;
 
@@ -46,7 +48,7 @@ openraft::declare_raft_types!(
         Node = PeerNode,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = snapshots::SnapshotData,
-        AsyncRuntime = openraft::TokioRuntime,
+        AsyncRuntime = clock::RaftRuntime,
         Responder = openraft::impls::OneshotResponder<TypeConfig>,
 );
 

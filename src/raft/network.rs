@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::io::SeekFrom;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,6 +35,9 @@ pub struct Peers {
     /// Turns true when a peer refused this member's vote request because
     /// the cluster removed it.
     removed: Arc<tokio::sync::watch::Sender<bool>>,
+    /// The term of this member's campaign on a leader's request (transfer):
+    /// its vote requests in that term say so.
+    transfer_campaign_term: Arc<AtomicU64>,
 }
 
 impl Default for Peers {
@@ -42,6 +46,7 @@ impl Default for Peers {
             channels: Default::default(),
             active_since: Default::default(),
             removed: Arc::new(tokio::sync::watch::channel(false).0),
+            transfer_campaign_term: Default::default(),
         }
     }
 }
@@ -99,6 +104,11 @@ impl Peers {
         self.removed.subscribe()
     }
 
+    /// Marks this member's vote requests in `term` as a leader transfer.
+    pub fn mark_transfer_campaign(&self, term: u64) {
+        self.transfer_campaign_term.store(term, Ordering::Release);
+    }
+
     fn client(&self, id: u64, node: &PeerNode) -> Result<PeerClient<Channel>, CallError> {
         Ok(PeerClient::new(self.channel(id, node)?)
             .max_decoding_message_size(usize::MAX)
@@ -138,6 +148,7 @@ impl Peers {
             Method::Lease => client.lease(req).await,
             Method::Reconfigure => client.reconfigure(req).await,
             Method::ClusterInfo => client.cluster_info(req).await,
+            Method::Campaign => client.campaign(req).await,
         };
         if let Err(status) = &reply {
             if status.code() == tonic::Code::FailedPrecondition && status.message().starts_with(REMOVED_MEMBER) {
@@ -158,6 +169,7 @@ pub enum Method {
     Lease,
     Reconfigure,
     ClusterInfo,
+    Campaign,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Peers {
@@ -292,6 +304,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: VoteRequest<u64>,
         option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, PeerNode, RaftError<u64>>> {
-        self.raft_call(Method::Vote, encode(&rpc), &option).await
+        let transfer = self.peers.transfer_campaign_term.load(Ordering::Acquire) == rpc.vote.leader_id().term;
+        self.raft_call(Method::Vote, encode(&(&rpc, transfer)), &option).await
     }
 }

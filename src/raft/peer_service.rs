@@ -2,11 +2,13 @@
 //! leader's half of write forwarding and ReadIndex.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::{Snapshot, Vote};
 use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::network::Peers;
 use super::members::{ClusterInfo, MemberChange, Members};
 use super::network::removed_member_status;
 use super::peerpb::peer_server::Peer;
@@ -14,7 +16,7 @@ use super::peerpb::Payload;
 use super::proposer::Proposer;
 use super::read_index::ReadIndexRounds;
 use super::snapshots::{Meta, SnapshotData};
-use super::{decode, encode, PeerRefusal, Raft};
+use super::{clock, decode, encode, transfer, PeerRefusal, Raft};
 use crate::lease::{LeaseQuery, Lessor};
 use crate::store::types::{Command, CommandResult};
 use crate::store::Store;
@@ -26,6 +28,7 @@ pub struct PeerService {
     pub(super) lessor: Arc<Lessor>,
     pub(super) members: Members,
     pub(super) store: Arc<Store>,
+    pub(super) peers: Peers,
 }
 
 fn payload<T: serde::de::DeserializeOwned>(req: Request<Payload>) -> Result<T, Status> {
@@ -68,7 +71,7 @@ impl Peer for PeerService {
     }
 
     async fn vote(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
-        let vote: openraft::raft::VoteRequest<u64> = payload(req)?;
+        let (vote, transfer): (openraft::raft::VoteRequest<u64>, bool) = payload(req)?;
         // A removed member that missed its removal campaigns with an old
         // configuration; it must neither disturb the cluster nor stay up.
         let candidate = vote.vote.leader_id().voted_for().unwrap_or_default();
@@ -76,6 +79,10 @@ impl Peer for PeerService {
         if tokio::task::spawn_blocking(move || store.is_removed(candidate)).await.unwrap_or(false) {
             tracing::warn!(member_id = format!("{candidate:x}"), "refused a vote request from a removed member");
             return Err(removed_member_status(candidate));
+        }
+        if transfer {
+            // The leader asked for this campaign: its lease must not stop it.
+            clock::expire_leader_lease(Duration::from_millis(self.raft.config().election_timeout_max));
         }
         reply(&self.raft.vote(vote).await)
     }
@@ -113,5 +120,9 @@ impl Peer for PeerService {
     async fn cluster_info(&self, _req: Request<Payload>) -> Result<Response<Payload>, Status> {
         let info: ClusterInfo = self.members.view_off_workers().await.map_err(|e| Status::internal(e.to_string()))?;
         reply(&info)
+    }
+
+    async fn campaign(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        reply(&transfer::campaign(&self.raft, &self.peers, payload(req)?).await)
     }
 }

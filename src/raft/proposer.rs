@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::{PeerRefusal, Raft};
 use crate::store::types::{Command, CommandResult};
@@ -26,13 +26,16 @@ struct Pending {
 #[derive(Clone)]
 pub struct Proposer {
     queue: mpsc::UnboundedSender<Pending>,
+    /// One permit per entry being committed.
+    slots: Arc<Semaphore>,
 }
 
 impl Proposer {
     pub fn start(raft: Raft) -> Proposer {
         let (queue, mut incoming) = mpsc::unbounded_channel::<Pending>();
+        let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+        let proposer = Proposer { queue, slots: slots.clone() };
         tokio::spawn(async move {
-            let slots = Arc::new(Semaphore::new(IN_FLIGHT));
             while let Some(first) = incoming.recv().await {
                 let Ok(slot) = slots.clone().acquire_owned().await else { return };
                 // Everything that queued up while waiting for a slot joins this entry.
@@ -67,7 +70,13 @@ impl Proposer {
                 });
             }
         });
-        Proposer { queue }
+        proposer
+    }
+
+    /// Holds back new entries until the returned permit is dropped, once the
+    /// entries already proposed are committed (or have failed).
+    pub async fn pause(&self) -> OwnedSemaphorePermit {
+        self.slots.clone().acquire_many_owned(IN_FLIGHT as u32).await.expect("the proposer never closes its slots")
     }
 
     /// Commits one command on this member, which must be the leader.

@@ -246,7 +246,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     process::notify_systemd("READY=1");
 
     tokio::select! {
-        _ = stop_requested => {}
+        _ = stop_requested => node.consensus.hand_over_leadership().await,
         _ = node.consensus.removed() => {
             tracing::warn!(member_id = format!("{member_id:x}"), "the member has been permanently removed from the cluster");
         }

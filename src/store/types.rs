@@ -247,6 +247,12 @@ pub enum KvError {
     MemberRemoved,
     #[error("etcdserver: member is installing a snapshot from the leader, retry")]
     InstallingSnapshot,
+    #[error("etcdserver: not leader")]
+    NotLeader,
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    #[error("etcdserver: request timed out, leader transfer took too long")]
+    LeaderTransferTimeout,
 }
 
 impl Op {

@@ -1,6 +1,5 @@
-//! `etcdserverpb.Maintenance`: Status, alarms, hashes, defragmentation.
-//! Snapshot streams a copy of the state; MoveLeader is not implemented yet
-//! and says so.
+//! `etcdserverpb.Maintenance`: Status, alarms, hashes, defragmentation,
+//! Snapshot (a copy of the state) and MoveLeader (leader transfer).
 
 use std::sync::Arc;
 
@@ -12,7 +11,7 @@ use etcd_client::proto::{
 };
 use tonic::{Request, Response, Status};
 
-use super::{header, status, unimplemented};
+use super::{header, status};
 use crate::server::Node;
 use crate::store::maintenance::{ALARM_CORRUPT, ALARM_NOSPACE};
 use crate::store::types::{Command, KvError};
@@ -134,8 +133,10 @@ impl PbMaintenanceService for MaintenanceService {
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 
-    async fn move_leader(&self, _: Request<PbMoveLeaderRequest>) -> Result<Response<PbMoveLeaderResponse>, Status> {
-        Err(unimplemented("MoveLeader"))
+    async fn move_leader(&self, request: Request<PbMoveLeaderRequest>) -> Result<Response<PbMoveLeaderResponse>, Status> {
+        let target = request.into_inner().target_id;
+        self.node.consensus.move_leader(target).await.map_err(status)?;
+        Ok(Response::new(PbMoveLeaderResponse { header: header(&self.node, self.node.store.revision()) }))
     }
 
     async fn downgrade(&self, _: Request<PbDowngradeRequest>) -> Result<Response<PbDowngradeResponse>, Status> {

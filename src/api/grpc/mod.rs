@@ -72,7 +72,10 @@ pub fn status(e: KvError) -> Status {
         | KvError::MemberNotLearner
         | KvError::LearnerNotReady
         | KvError::TooManyLearners
-        | KvError::MemberRemoved => Code::FailedPrecondition,
+        | KvError::MemberRemoved
+        | KvError::NotLeader
+        | KvError::BadLeaderTransferee => Code::FailedPrecondition,
+        KvError::LeaderTransferTimeout => Code::DeadlineExceeded,
         KvError::LeaseNotFound | KvError::MemberNotFound => Code::NotFound,
         KvError::NoSpace => Code::ResourceExhausted,
         KvError::NoLeader | KvError::LeaderChanged | KvError::Timeout | KvError::Stopped | KvError::Unhealthy | KvError::InstallingSnapshot => {
