@@ -186,7 +186,7 @@ impl Consensus {
 
     /// The members of the current configuration, as the Cluster API shows them.
     pub async fn cluster(&self) -> Result<ClusterInfo, KvError> {
-        self.members.view_off_workers().await.map_err(|e| KvError::Internal(e.to_string()))
+        self.members.view().await.map_err(|e| KvError::Internal(e.to_string()))
     }
 
     /// Adds, removes, updates or promotes a member (on the leader, wherever

@@ -20,7 +20,7 @@ use super::network::{Method, Peers};
 use super::proposer::Proposer;
 use super::{PeerNode, PeerRefusal, Raft};
 use crate::bootstrap::member_id;
-use crate::store::types::{Command, KvError};
+use crate::store::types::{Command, KvError, MemberInfo};
 use crate::store::Store;
 
 /// What `member add/remove/update/promote` asks for.
@@ -84,10 +84,15 @@ pub struct MembersSettings {
     pub max_learners: usize,
 }
 
-/// The Raft membership as one snapshot: every node, and which are voters.
+/// The Raft membership as one snapshot (every node, and which are voters),
+/// with what the store knows of the members.
 struct Current {
     nodes: BTreeMap<u64, PeerNode>,
     voters: BTreeSet<u64>,
+    /// What each started member published (name, client URLs).
+    published: Vec<MemberInfo>,
+    /// Learners added as voters, to be promoted once caught up.
+    pending: Vec<u64>,
 }
 
 impl Current {
@@ -115,43 +120,46 @@ impl Members {
         Members { raft, proposer, peers, store, settings: Arc::new(settings) }
     }
 
-    fn current(&self) -> Current {
-        let metrics = self.raft.metrics();
-        let m = metrics.borrow();
-        let membership = m.membership_config.membership();
-        Current {
-            nodes: membership.nodes().map(|(id, n)| (*id, n.clone())).collect(),
-            voters: membership.voter_ids().collect(),
-        }
+    /// The membership now, with the store's records read on a blocking thread.
+    async fn current(&self) -> Result<Current, tokio::task::JoinError> {
+        let (nodes, voters) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            let membership = m.membership_config.membership();
+            let nodes: BTreeMap<u64, PeerNode> = membership.nodes().map(|(id, n)| (*id, n.clone())).collect();
+            (nodes, membership.voter_ids().collect::<BTreeSet<u64>>())
+        };
+        let store = self.store.clone();
+        let has_learners = nodes.len() > voters.len();
+        let (published, pending) = tokio::task::spawn_blocking(move || {
+            (store.members(), if has_learners { store.pending_voters() } else { Vec::new() })
+        })
+        .await?;
+        Ok(Current { nodes, voters, published, pending })
     }
 
     /// Every member with the name and client URLs it published; a learner
     /// that waits to become a voter is shown as the voter it will be.
-    pub fn view(&self) -> ClusterInfo {
-        let current = self.current();
-        let published = self.store.members();
-        let pending = if current.nodes.len() > current.voters.len() { self.store.pending_voters() } else { Vec::new() };
+    pub async fn view(&self) -> Result<ClusterInfo, tokio::task::JoinError> {
+        Ok(self.view_of(&self.current().await?))
+    }
+
+    fn view_of(&self, current: &Current) -> ClusterInfo {
         let members = current
             .nodes
             .iter()
             .map(|(id, node)| {
-                let record = published.iter().find(|m| m.id == *id);
+                let record = current.published.iter().find(|m| m.id == *id);
                 MemberView {
                     id: *id,
                     name: record.map(|m| m.name.clone()).unwrap_or_default(),
                     peer_urls: node.peer_urls.clone(),
                     client_urls: record.map(|m| m.client_urls.clone()).unwrap_or_default(),
-                    is_learner: !current.is_voter(*id) && !pending.contains(id),
+                    is_learner: !current.is_voter(*id) && !current.pending.contains(id),
                 }
             })
             .collect();
         ClusterInfo { cluster_id: self.settings.cluster_id, members }
-    }
-
-    /// `view`, read on a blocking thread.
-    pub async fn view_off_workers(&self) -> Result<ClusterInfo, tokio::task::JoinError> {
-        let members = self.clone();
-        tokio::task::spawn_blocking(move || members.view()).await
     }
 
     /// Runs a change on this member, which must be the leader.
@@ -160,7 +168,7 @@ impl Members {
         if leader != Some(self.settings.member_id) {
             return Err(ChangeFailure::Refused(PeerRefusal::NotLeader(leader)));
         }
-        let current = self.current();
+        let current = self.current().await.map_err(|e| ChangeFailure::Refused(PeerRefusal::Failed(e.to_string())))?;
         match change {
             MemberChange::Add { peer_urls, learner } => self.add(&current, peer_urls, learner).await,
             MemberChange::Remove { id } => self.remove(&current, id).await,
@@ -172,7 +180,7 @@ impl Members {
     async fn add(&self, current: &Current, peer_urls: Vec<String>, learner: bool) -> Result<u64, ChangeFailure> {
         self.check_new_urls(current, None, &peer_urls)?;
         if learner {
-            let learners = self.view().members.iter().filter(|m| m.is_learner).count();
+            let learners = self.view_of(current).members.iter().filter(|m| m.is_learner).count();
             if learners >= self.settings.max_learners {
                 return rejected(KvError::TooManyLearners);
             }
@@ -275,14 +283,16 @@ impl Members {
     /// On the leader: makes every learner that was added as a voter one, once
     /// it has caught up. Cheap when there is nothing to do.
     pub async fn promote_caught_up(&self) {
-        let current = self.current();
-        if current.nodes.len() == current.voters.len() || self.raft.metrics().borrow().current_leader != Some(self.settings.member_id)
-        {
+        let worth_a_look = {
+            let m = self.raft.metrics().borrow().clone();
+            let membership = m.membership_config.membership();
+            m.current_leader == Some(self.settings.member_id) && membership.nodes().count() > membership.voter_ids().count()
+        };
+        if !worth_a_look {
             return;
         }
-        let store = self.store.clone();
-        let Ok(pending) = tokio::task::spawn_blocking(move || store.pending_voters()).await else { return };
-        for id in pending {
+        let Ok(current) = self.current().await else { return };
+        for &id in &current.pending {
             if current.nodes.contains_key(&id) && !current.is_voter(id) && self.caught_up(id) {
                 match self.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true).await {
                     Ok(_) => tracing::info!(member_id = format!("{id:x}"), "new member caught up; it is a voter now"),
@@ -320,8 +330,7 @@ impl Members {
 
     /// Voters (but `except`) that have started and published themselves.
     fn started_voters(&self, current: &Current, except: Option<u64>) -> usize {
-        let published = self.store.members();
-        current.voters.iter().filter(|v| Some(**v) != except && published.iter().any(|m| m.id == **v)).count()
+        current.voters.iter().filter(|v| Some(**v) != except && current.published.iter().any(|m| m.id == **v)).count()
     }
 
     /// This member, or a member that has answered without a break for etcd's health interval.

@@ -118,7 +118,7 @@ impl Peer for PeerService {
     }
 
     async fn cluster_info(&self, _req: Request<Payload>) -> Result<Response<Payload>, Status> {
-        let info: ClusterInfo = self.members.view_off_workers().await.map_err(|e| Status::internal(e.to_string()))?;
+        let info: ClusterInfo = self.members.view().await.map_err(|e| Status::internal(e.to_string()))?;
         reply(&info)
     }
 
