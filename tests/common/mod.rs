@@ -5,15 +5,27 @@ use std::net::TcpListener;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const CAIRN: &str = env!("CARGO_BIN_EXE_cairn");
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that was free a moment ago, never the same twice in one
+/// test binary. It lies below the kernel's ephemeral range (32768 and up):
+/// a port from that range can be taken, before the member binds it, by an
+/// outgoing connection of another test, whose cluster would then answer on
+/// this one's endpoint.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    loop {
+        // Each binary starts elsewhere, away from members a previous one left.
+        let n = std::process::id().wrapping_mul(211).wrapping_add(NEXT.fetch_add(1, Ordering::SeqCst));
+        let port = 20000 + (n % 12000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub struct Member {
