@@ -8,10 +8,10 @@
 
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
-use rocksdb::{IteratorMode, WriteBatch};
+use rocksdb::{IngestExternalFileOptions, IteratorMode, SstFileWriter, WriteBatch};
 use sha2::{Digest, Sha256};
 
 use super::keys;
@@ -25,8 +25,8 @@ const PAGE: usize = 512;
 const CHECKSUM: usize = 32;
 /// What one message of the Snapshot stream carries.
 pub const CHUNK_BYTES: usize = 64 * 1024;
-/// Restored rows are written in batches of about this size.
-const RESTORE_BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// Restored rows go into table files of about this size.
+const TABLE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Of the meta rows, those that describe the data; the others (identity,
 /// Raft state, members, alarms) belong to the old cluster.
@@ -75,7 +75,7 @@ impl Store {
     }
 
     /// Replaces the whole state with a snapshot file's (one from the leader),
-    /// in bounded batches. Until the last batch the store is a mix of old and
+    /// table file by table file. Until the last one the store is a mix of old and
     /// new: reads are refused meanwhile, and a marker written first lets a
     /// restart after a crash see it (`install_interrupted`) and redo it.
     pub fn install_backup(&self, path: &Path, raft_state: &[u8]) -> Result<(), String> {
@@ -107,7 +107,7 @@ impl Store {
         batch.put_cf(meta, keys::META_INSTALLING, b"");
         self.write(batch)?;
         self.sync()?;
-        copy_rows(rows, self, |cf, key| {
+        load_rows(rows, self, |cf, key| {
             !(cf == Cfs::META && [keys::META_IDENTITY, keys::META_RAFT_APPLIED].contains(&key))
         })
         .map_err(KvError::Internal)?;
@@ -125,20 +125,52 @@ impl Store {
     }
 }
 
-/// Writes the rows that `keep` accepts into `store`, in batches of about
-/// `RESTORE_BATCH_BYTES`.
-fn copy_rows(rows: &mut Rows, store: &Store, keep: impl Fn(&str, &[u8]) -> bool) -> Result<(), String> {
-    let mut batch = WriteBatch::default();
+/// Loads the rows that `keep` accepts into `store`. The file holds each
+/// column family's rows in key order, so they are written straight into
+/// table files of about `TABLE_BYTES` and ingested: the data skips the
+/// memtables and the compactions a bulk write would cost, and memory stays
+/// at what one table file's writer holds, whatever the store's size.
+fn load_rows(rows: &mut Rows, store: &Store, keep: impl Fn(&str, &[u8]) -> bool) -> Result<(), String> {
+    let staging = store.db.path().with_extension("ingest");
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging).map_err(|e| format!("{}: {e}", staging.display()))?;
+    let options = super::state_options();
+    let ingest = |(cf, mut writer, path): (&str, SstFileWriter, PathBuf)| -> Result<(), String> {
+        writer.finish().map_err(|e| e.to_string())?;
+        let mut how = IngestExternalFileOptions::default();
+        how.set_move_files(true);
+        store.db.ingest_external_file_cf_opts(Cfs::handle(&store.db, cf), &how, vec![path]).map_err(|e| e.to_string())
+    };
+    let mut table: Option<(&'static str, SstFileWriter, PathBuf)> = None;
+    let mut tables = 0usize;
     while let Some((cf, key, value)) = rows.next_row()? {
         if !keep(cf, &key) {
             continue;
         }
-        batch.put_cf(Cfs::handle(&store.db, cf), key, value);
-        if batch.size_in_bytes() >= RESTORE_BATCH_BYTES {
-            store.write(std::mem::take(&mut batch)).map_err(|e| e.to_string())?;
+        if let Some(t) = table.take() {
+            if t.0 == cf && t.1.file_size() < TABLE_BYTES {
+                table = Some(t);
+            } else {
+                ingest(t)?;
+            }
         }
+        let (_, writer, _) = match &mut table {
+            Some(t) => t,
+            None => {
+                let path = staging.join(format!("{tables}.sst"));
+                tables += 1;
+                let writer = SstFileWriter::create(&options);
+                writer.open(&path).map_err(|e| e.to_string())?;
+                table.insert((cf, writer, path))
+            }
+        };
+        writer.put(&key, &value).map_err(|e| e.to_string())?;
     }
-    store.write(batch).map_err(|e| e.to_string())
+    if let Some(t) = table.take() {
+        ingest(t)?;
+    }
+    let _ = std::fs::remove_dir_all(&staging);
+    Ok(())
 }
 
 /// Hands the chunk on, counted and hashed; false when nobody takes it any more.
@@ -218,12 +250,12 @@ pub fn backup_status(path: &Path) -> Result<BackupStatus, String> {
 }
 
 /// Fills the empty state database at `db_dir` from a snapshot file, in
-/// bounded batches; returns its status.
+/// table files; returns its status.
 pub fn restore_backup(path: &Path, db_dir: &Path) -> Result<(Store, BackupStatus), String> {
     let status = backup_status(path)?;
     let (mut rows, _, _) = Rows::open(path)?;
     let store = Store::open(db_dir).map_err(|e| e.to_string())?;
-    copy_rows(&mut rows, &store, |cf, key| cf != Cfs::META || DATA_META.contains(&key))?;
+    load_rows(&mut rows, &store, |cf, key| cf != Cfs::META || DATA_META.contains(&key))?;
     store.sync().map_err(|e| e.to_string())?;
     store.load_revisions();
     Ok((store, status))

@@ -8,7 +8,7 @@
 use std::ops::Bound;
 use std::path::Path;
 
-use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB};
+use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions, DB};
 
 const ENTRIES: &str = "entries";
 const META: &str = "meta";
@@ -21,10 +21,8 @@ pub type Error = rocksdb::Error;
 
 impl LogDb {
     pub fn open(dir: &Path) -> Result<LogDb, Error> {
-        let mut opts = Options::default();
-        opts.create_if_missing(true);
-        opts.create_missing_column_families(true);
-        let cfs = [ENTRIES, META].map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+        let opts = super::memory::bounded_options(&super::memory::LOG);
+        let cfs = [ENTRIES, META].map(|n| ColumnFamilyDescriptor::new(n, opts.clone()));
         Ok(LogDb { db: DB::open_cf_descriptors(&opts, dir, cfs)? })
     }
 

@@ -7,13 +7,14 @@ mod compaction;
 mod keys;
 pub mod log;
 pub mod maintenance;
+mod memory;
 pub mod types;
 mod view;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
-use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{ColumnFamilyDescriptor, IteratorMode, WriteBatch, WriteOptions, DB};
 
 use keys::{decode_i64, META_COMPACT_REVISION, META_REVISION};
 use types::{
@@ -76,12 +77,17 @@ pub struct Store {
     installing: AtomicBool,
 }
 
+/// The state database's options, for its column families and the table
+/// files a snapshot install writes.
+fn state_options() -> rocksdb::Options {
+    let mut opts = memory::bounded_options(&memory::STATE);
+    opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    opts
+}
+
 impl Store {
     pub fn open(dir: &Path) -> Result<Store, OpenError> {
-        let mut opts = Options::default();
-        opts.create_if_missing(true);
-        opts.create_missing_column_families(true);
-        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let opts = state_options();
         let cfs = Cfs::ALL.iter().map(|n| ColumnFamilyDescriptor::new(*n, opts.clone()));
         let db = DB::open_cf_descriptors(&opts, dir, cfs)
             .map_err(|source| OpenError { path: dir.display().to_string(), source })?;

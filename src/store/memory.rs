@@ -1,0 +1,43 @@
+//! RocksDB's memory, capped. By default RocksDB gives every column family up
+//! to 2 × 64 MiB of memtables and keeps the index and filter blocks of every
+//! table file in memory outside any cache, so a member's memory grows with
+//! its store and a bulk load (a snapshot install) fills every memtable. Here
+//! all memtables of a database share one budget (writes stall briefly at the
+//! cap until a flush frees room) and index and filter blocks live in the
+//! block cache, which has its own.
+
+use rocksdb::{BlockBasedIndexType, BlockBasedOptions, Cache, Options, WriteBufferManager};
+
+pub struct MemoryBudget {
+    /// For the memtables of all column families together.
+    pub memtables: usize,
+    pub block_cache: usize,
+}
+
+const MIB: usize = 1024 * 1024;
+
+/// The state database: large, read by every request.
+pub const STATE: MemoryBudget = MemoryBudget { memtables: 128 * MIB, block_cache: 64 * MIB };
+/// The Raft log: written once, read back by replication while recent.
+pub const LOG: MemoryBudget = MemoryBudget { memtables: 32 * MIB, block_cache: 8 * MIB };
+
+/// Options for a database (and its column families) that stays within `budget`.
+pub fn bounded_options(budget: &MemoryBudget) -> Options {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    opts.set_write_buffer_manager(&WriteBufferManager::new_write_buffer_manager(budget.memtables, false));
+    // A memtable may take half the budget: one fills while another flushes.
+    opts.set_write_buffer_size(budget.memtables / 2);
+    let mut tables = BlockBasedOptions::default();
+    tables.set_block_cache(&Cache::new_lru_cache(budget.block_cache));
+    // Partitioned indexes: a lookup brings a 4 KiB partition into the cache,
+    // not the whole index of a 64 MiB file; the small top level stays put.
+    tables.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
+    tables.set_metadata_block_size(4096);
+    tables.set_cache_index_and_filter_blocks(true);
+    tables.set_pin_top_level_index_and_filter(true);
+    tables.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    opts.set_block_based_table_factory(&tables);
+    opts
+}
