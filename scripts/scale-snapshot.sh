@@ -5,7 +5,8 @@
 #     can only catch up by snapshot (the log is purged): the time until it
 #     holds the leader's revision, and the peak memory (VmHWM) of both;
 #  2. 64 clients overwriting keys, without and then with a compaction of the
-#     whole history running: p99 latency of each run.
+#     whole history running: p99 latency of each run;
+#  3. the same while `etcdctl defrag` runs again and again.
 #   scripts/scale-snapshot.sh [KEYS]
 # Takes tens of minutes and several GiB of disk under $TMPDIR.
 set -euo pipefail
@@ -53,3 +54,15 @@ compaction=$!
 busy_p99=$(overwrite)
 wait "$compaction"
 echo "64 clients overwriting: p99 ${quiet_p99} ms without compaction, ${busy_p99} ms while the whole history (revision $rev) is compacted"
+
+# Defrag after defrag for as long as the clients write, so that every
+# request meets one.
+: >"$work/defrags"
+(while [ ! -e "$work/overwritten" ]; do
+  ctl 127.0.0.1:24010 defrag --command-timeout=30m >/dev/null && echo >>"$work/defrags"
+done) &
+defrag=$!
+defrag_p99=$(overwrite)
+touch "$work/overwritten"
+wait "$defrag"
+echo "64 clients overwriting: p99 ${defrag_p99} ms while $(wc -l <"$work/defrags") defrags ran one after another"
