@@ -418,6 +418,12 @@ impl Consensus {
     }
 }
 
+/// How far member `id`'s log is known to match the leader's, as the
+/// leader's metrics tell (`None` elsewhere, or before it answered).
+pub(super) fn matched_index(m: &RaftMetrics<u64, PeerNode>, id: u64) -> Option<u64> {
+    m.replication.as_ref()?.get(&id)?.as_ref().map(|l| l.index)
+}
+
 /// The peer address of member `id` in the current configuration.
 pub(super) fn node_of(raft: &Raft, id: u64) -> Option<PeerNode> {
     raft.metrics().borrow().membership_config.membership().get_node(&id).cloned()

@@ -16,6 +16,7 @@ use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::ChangeMembers;
 use serde::{Deserialize, Serialize};
 
+use super::consensus::matched_index;
 use super::network::{Method, Peers};
 use super::proposer::Proposer;
 use super::{PeerNode, PeerRefusal, Raft};
@@ -284,7 +285,8 @@ impl Members {
     /// it has caught up. Cheap when there is nothing to do.
     pub async fn promote_caught_up(&self) {
         let worth_a_look = {
-            let m = self.raft.metrics().borrow().clone();
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
             let membership = m.membership_config.membership();
             m.current_leader == Some(self.settings.member_id) && membership.nodes().count() > membership.voter_ids().count()
         };
@@ -308,7 +310,7 @@ impl Members {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
         let leader_last = m.last_log_index.unwrap_or(0);
-        let matched = m.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten()).map_or(0, |l| l.index);
+        let matched = matched_index(&m, id).unwrap_or(0);
         matched * 10 >= leader_last * 9 && leader_last.saturating_sub(matched) <= PROMOTABLE_LAG
     }
 

@@ -8,9 +8,8 @@ use openraft::{Snapshot, Vote};
 use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::network::Peers;
 use super::members::{ClusterInfo, MemberChange, Members};
-use super::network::removed_member_status;
+use super::network::{removed_member_status, Peers};
 use super::peerpb::peer_server::Peer;
 use super::peerpb::Payload;
 use super::proposer::Proposer;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::consensus::node_of;
+use super::consensus::{matched_index, node_of};
 use super::network::{Method, Peers};
 use super::proposer::Proposer;
 use super::{PeerRefusal, Raft};
@@ -53,10 +53,7 @@ pub async fn transfer_leadership(
         let caught_up = raft
             .wait(None)
             .metrics(
-                |m| {
-                    let matched = m.replication.as_ref().and_then(|r| r.get(&target).cloned().flatten());
-                    matched.map(|l| l.index) >= m.last_log_index
-                },
+                |m| matched_index(m, target) >= m.last_log_index,
                 "transferee caught up",
             )
             .await
@@ -105,11 +102,13 @@ pub async fn campaign(raft: &Raft, peers: &Peers, request: CampaignRequest) -> R
 /// The voter a stopping leader hands over to: the one with the most of the
 /// log among those that answer.
 pub fn successor(raft: &Raft, peers: &Peers) -> Option<u64> {
-    let m = raft.metrics().borrow().clone();
-    let replication = m.replication.as_ref()?;
+    let metrics = raft.metrics();
+    let m = metrics.borrow();
+    // Only the leader knows how far the others' logs go.
+    m.replication.as_ref()?;
     m.membership_config
         .membership()
         .voter_ids()
         .filter(|&id| id != m.id && peers.active_since(id).is_some())
-        .max_by_key(|id| replication.get(id).cloned().flatten().map(|l| l.index))
+        .max_by_key(|&id| matched_index(&m, id))
 }

@@ -1,10 +1,11 @@
 //! RocksDB's memory, capped. By default RocksDB gives every column family up
 //! to 2 × 64 MiB of memtables and keeps the index and filter blocks of every
 //! table file in memory outside any cache, so a member's memory grows with
-//! its store and a bulk load (a snapshot install) fills every memtable. Here
-//! all memtables of a database share one budget (writes stall briefly at the
-//! cap until a flush frees room) and index and filter blocks live in the
-//! block cache, which has its own.
+//! its store and a bulk load fills every memtable. Here all memtables of a
+//! database share one budget (past it, RocksDB flushes the largest early;
+//! writes are not stalled for it, so a burst may overshoot until the flush
+//! ends) and index and filter blocks live in the block cache, which has its
+//! own.
 
 use rocksdb::{BlockBasedIndexType, BlockBasedOptions, Cache, Options, WriteBufferManager};
 
