@@ -3,12 +3,15 @@
 # (default 2,000,000: about 2 GiB), then
 #  1. `member add` and a second member started on an empty data dir, which
 #     can only catch up by snapshot (the log is purged): the time until it
-#     holds the leader's revision, and the peak memory (VmHWM) of both;
+#     holds the leader's revision, and the peak memory (VmHWM) of both (the
+#     leader's counted from the member add: what sending the snapshot costs);
 #  2. 64 clients overwriting keys, without and then with a compaction of the
 #     whole history running: p99 latency of each run;
 #  3. the same while `etcdctl defrag` runs again and again.
 #   scripts/scale-snapshot.sh [KEYS]
-# Takes tens of minutes and several GiB of disk under $TMPDIR.
+# Takes tens of minutes and several GiB of disk under $TMPDIR. The members'
+# RocksDB memory is --backend-memory-bytes; set ETCD_BACKEND_MEMORY_BYTES to
+# change it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 keys=${1:-2000000}
@@ -30,6 +33,8 @@ echo "filling $keys keys of 1 KiB with 64 clients..." >&2
 rev=$(revision 127.0.0.1:24010)
 echo "leader: revision $rev, $(du -sh "$work/s1" | cut -f1) on disk" >&2
 
+leader_filled_mib=$(awk '/VmRSS/ { printf "%d", $2 / 1024 }' "/proc/$leader_pid/status")
+echo 5 >"/proc/$leader_pid/clear_refs" # the peak from here on
 ctl 127.0.0.1:24010 member add s2 --peer-urls http://127.0.0.1:24021 >/dev/null
 start=$(date +%s.%N)
 "$bin/cairn" --name s2 --data-dir "$work/s2" --initial-cluster-state existing \
@@ -44,7 +49,7 @@ until [ "$(revision 127.0.0.1:24020 2>/dev/null || echo 0)" -ge "$rev" ]; do
 done
 catch_up=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }')
 grep -q 'installed snapshot from the leader' "$work/s2.log" || { echo "the new member did not catch up by snapshot" >&2; exit 1; }
-echo "new member caught up by snapshot in ${catch_up}s; peak RSS: joiner $(peak_mib "$joiner_pid") MiB, leader $(peak_mib "$leader_pid") MiB"
+echo "new member caught up by snapshot in ${catch_up}s; peak RSS: joiner $(peak_mib "$joiner_pid") MiB, leader $(peak_mib "$leader_pid") MiB (${leader_filled_mib} MiB after the fill)"
 
 overwrite() { "$bin/examples/kv_bench" 127.0.0.1:24010 64 200000 1024 put | sed 's/.*"p99_ms":\([0-9.]*\).*/\1/'; }
 quiet_p99=$(overwrite)

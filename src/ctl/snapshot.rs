@@ -11,6 +11,7 @@ use crate::bootstrap::InitialCluster;
 use crate::config::urls_parse_list;
 use crate::store::backup::{backup_status, restore_backup, RestoredMembers};
 use crate::store::log::LogDb;
+use crate::store::memory::MemberBudget;
 
 pub fn status(file: &str, write_out: WriteOut) -> CtlResult {
     let s = backup_status(Path::new(file))?;
@@ -67,7 +68,7 @@ pub fn restore(file: &str, o: RestoreOptions) -> CtlResult {
             cluster.members.iter().map(|m| (m.id, m.name.clone(), m.peer_urls.clone())).collect();
         store.set_restored_members(&members).map_err(|e| e.to_string())?;
         store.set_identity(me, cluster.cluster_id).map_err(|e| e.to_string())?;
-        LogDb::open(&wal_dir).map_err(|e| format!("raft log in {}: {e}", wal_dir.display()))?;
+        LogDb::open(&wal_dir, &MemberBudget::default().log).map_err(|e| format!("raft log in {}: {e}", wal_dir.display()))?;
         Ok(status)
     });
     let status = match restored {

@@ -183,7 +183,7 @@ mod tests {
     #[test]
     fn a_built_snapshot_replaces_another_members_state_and_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
-        let leader = Store::open(&dir.path().join("leader")).unwrap();
+        let leader = Store::open(&dir.path().join("leader"), &crate::store::memory::MemberBudget::default().state).unwrap();
         for (i, key) in ["a", "b", "c"].iter().enumerate() {
             put(&leader, key, i as u64 + 1);
         }
@@ -191,7 +191,7 @@ mod tests {
         let (meta, data) = snapshots.build(&leader).unwrap();
         assert_eq!(meta.last_log_id.unwrap().index, 3);
 
-        let follower = Store::open(&dir.path().join("follower")).unwrap();
+        let follower = Store::open(&dir.path().join("follower"), &crate::store::memory::MemberBudget::default().state).unwrap();
         follower.set_identity(7, 9).unwrap();
         put(&follower, "old", 1);
         follower.install_backup(&data.path, &applied_state(&meta)).unwrap();

@@ -211,7 +211,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn entry_cut_short_by_a_crash_resumes_without_repeating() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(&dir.path().join("db")).unwrap());
+        let store = Arc::new(Store::open(&dir.path().join("db"), &crate::store::memory::MemberBudget::default().state).unwrap());
         let hub = Arc::new(Hub::new(store.revision(), 1 << 20));
         let lessor = Arc::new(Lessor::new(Vec::new()));
         let snapshots = Arc::new(Snapshots::open(dir.path().join("raft")).unwrap());

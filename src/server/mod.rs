@@ -26,6 +26,7 @@ use crate::raft::members::{ask_cluster, MemberView, JOIN_PATIENCE};
 use crate::raft::snapshots::Snapshots;
 use crate::raft::{Consensus, PeerNode, RaftSettings};
 use crate::store::log::LogDb;
+use crate::store::memory::MemberBudget;
 use crate::store::types::{Command, MemberInfo};
 use crate::store::Store;
 use crate::lease::Lessor;
@@ -143,10 +144,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     for dir in [&snap_dir, &wal_dir] {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let store = Arc::new(Store::open(&snap_dir.join("db"))?);
+    let memory = MemberBudget::of(config.backend_memory_bytes);
+    let store = Arc::new(Store::open(&snap_dir.join("db"), &memory.state)?);
     let snapshots = Arc::new(Snapshots::open(snap_dir.join("raft")).context("raft snapshots")?);
     snapshots.finish_interrupted_install(&store)?;
-    let log = LogDb::open(&wal_dir).with_context(|| format!("raft log in {}", wal_dir.display()))?;
+    let log = LogDb::open(&wal_dir, &memory.log).with_context(|| format!("raft log in {}", wal_dir.display()))?;
 
     let (member_id, cluster_id, initial) = match store.identity() {
         Some((member_id, cluster_id)) => {

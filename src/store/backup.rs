@@ -134,7 +134,6 @@ fn load_rows(rows: &mut Rows, store: &Store, keep: impl Fn(&str, &[u8]) -> bool)
     let staging = store.db.path().with_extension("ingest");
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).map_err(|e| format!("{}: {e}", staging.display()))?;
-    let options = super::state_options();
     let ingest = |(cf, mut writer, path): (&str, SstFileWriter, PathBuf)| -> Result<(), String> {
         writer.finish().map_err(|e| e.to_string())?;
         let mut how = IngestExternalFileOptions::default();
@@ -159,7 +158,7 @@ fn load_rows(rows: &mut Rows, store: &Store, keep: impl Fn(&str, &[u8]) -> bool)
             None => {
                 let path = staging.join(format!("{tables}.sst"));
                 tables += 1;
-                let writer = SstFileWriter::create(&options);
+                let writer = SstFileWriter::create(&store.options);
                 writer.open(&path).map_err(|e| e.to_string())?;
                 table.insert((cf, writer, path))
             }
@@ -254,7 +253,7 @@ pub fn backup_status(path: &Path) -> Result<BackupStatus, String> {
 pub fn restore_backup(path: &Path, db_dir: &Path) -> Result<(Store, BackupStatus), String> {
     let status = backup_status(path)?;
     let (mut rows, _, _) = Rows::open(path)?;
-    let store = Store::open(db_dir).map_err(|e| e.to_string())?;
+    let store = Store::open(db_dir, &super::memory::MemberBudget::default().state).map_err(|e| e.to_string())?;
     load_rows(&mut rows, &store, |cf, key| cf != Cfs::META || DATA_META.contains(&key))?;
     store.sync().map_err(|e| e.to_string())?;
     store.load_revisions();

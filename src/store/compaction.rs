@@ -98,7 +98,7 @@ mod tests {
     #[test]
     fn removes_what_compaction_made_unreachable_in_small_batches() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db")).unwrap();
+        let store = Store::open(&dir.path().join("db"), &crate::store::memory::MemberBudget::default().state).unwrap();
         // Revisions: a@2 a@3 b@4 c@5 (c deleted @6) a@7
         put(&store, "a", "1");
         put(&store, "a", "2");

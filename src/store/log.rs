@@ -20,8 +20,8 @@ pub struct LogDb {
 pub type Error = rocksdb::Error;
 
 impl LogDb {
-    pub fn open(dir: &Path) -> Result<LogDb, Error> {
-        let opts = super::memory::bounded_options(&super::memory::LOG);
+    pub fn open(dir: &Path, budget: &super::memory::MemoryBudget) -> Result<LogDb, Error> {
+        let opts = super::memory::bounded_options(budget);
         let cfs = [ENTRIES, META].map(|n| ColumnFamilyDescriptor::new(n, opts.clone()));
         Ok(LogDb { db: DB::open_cf_descriptors(&opts, dir, cfs)? })
     }

@@ -5,7 +5,7 @@
 //! database share one budget (past it, RocksDB flushes the largest early;
 //! writes are not stalled for it, so a burst may overshoot until the flush
 //! ends) and index and filter blocks live in the block cache, which has its
-//! own.
+//! own. `--backend-memory-bytes` sets the member's total.
 
 use rocksdb::{BlockBasedIndexType, BlockBasedOptions, Cache, Options, WriteBufferManager};
 
@@ -15,12 +15,39 @@ pub struct MemoryBudget {
     pub block_cache: usize,
 }
 
-const MIB: usize = 1024 * 1024;
+const MIB: u64 = 1024 * 1024;
 
-/// The state database: large, read by every request.
-pub const STATE: MemoryBudget = MemoryBudget { memtables: 128 * MIB, block_cache: 64 * MIB };
-/// The Raft log: written once, read back by replication while recent.
-pub const LOG: MemoryBudget = MemoryBudget { memtables: 32 * MIB, block_cache: 8 * MIB };
+/// `--backend-memory-bytes` when not set.
+pub const DEFAULT_MEMBER_BYTES: u64 = 256 * MIB;
+/// Below this the memtables are so small that flushes and compactions of
+/// tiny files would cost more than the memory saved.
+pub const MIN_MEMBER_BYTES: u64 = 16 * MIB;
+
+/// A member's RocksDB memory (`--backend-memory-bytes`), shared by its two
+/// databases.
+pub struct MemberBudget {
+    /// The state database: large and read by every request, so it gets three
+    /// quarters, two thirds of that for writes.
+    pub state: MemoryBudget,
+    /// The Raft log: written once, read back by replication while recent.
+    pub log: MemoryBudget,
+}
+
+impl MemberBudget {
+    pub fn of(bytes: u64) -> MemberBudget {
+        let eighth = (bytes / 8) as usize;
+        MemberBudget {
+            state: MemoryBudget { memtables: 4 * eighth, block_cache: 2 * eighth },
+            log: MemoryBudget { memtables: eighth, block_cache: eighth },
+        }
+    }
+}
+
+impl Default for MemberBudget {
+    fn default() -> Self {
+        MemberBudget::of(DEFAULT_MEMBER_BYTES)
+    }
+}
 
 /// Options for a database (and its column families) that stays within `budget`.
 pub fn bounded_options(budget: &MemoryBudget) -> Options {

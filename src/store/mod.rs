@@ -7,7 +7,7 @@ mod compaction;
 mod keys;
 pub mod log;
 pub mod maintenance;
-mod memory;
+pub mod memory;
 pub mod types;
 mod view;
 
@@ -66,6 +66,8 @@ pub struct OpenError {
 
 pub struct Store {
     db: DB,
+    /// What it was opened with, for the table files a snapshot install writes.
+    options: rocksdb::Options,
     revision: AtomicI64,
     /// Also followed by the background removal of old versions.
     compact_revision: tokio::sync::watch::Sender<i64>,
@@ -79,20 +81,21 @@ pub struct Store {
 
 /// The state database's options, for its column families and the table
 /// files a snapshot install writes.
-fn state_options() -> rocksdb::Options {
-    let mut opts = memory::bounded_options(&memory::STATE);
+fn state_options(budget: &memory::MemoryBudget) -> rocksdb::Options {
+    let mut opts = memory::bounded_options(budget);
     opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
     opts
 }
 
 impl Store {
-    pub fn open(dir: &Path) -> Result<Store, OpenError> {
-        let opts = state_options();
+    pub fn open(dir: &Path, budget: &memory::MemoryBudget) -> Result<Store, OpenError> {
+        let opts = state_options(budget);
         let cfs = Cfs::ALL.iter().map(|n| ColumnFamilyDescriptor::new(*n, opts.clone()));
         let db = DB::open_cf_descriptors(&opts, dir, cfs)
             .map_err(|source| OpenError { path: dir.display().to_string(), source })?;
         let store = Store {
             db,
+            options: opts,
             revision: AtomicI64::new(0),
             compact_revision: tokio::sync::watch::channel(0).0,
             physically_compacted: tokio::sync::watch::channel(0).0,
