@@ -66,6 +66,14 @@ fn default_single_node_serves_etcdctl() {
     assert!(String::from_utf8_lossy(&old.stderr).contains("etcdserver: mvcc: required revision has been compacted"));
     assert_eq!(etcdctl_ok(EP, &["get", "foo/a", "--rev=7", "--print-value-only"]), "one\n");
 
+    // etcdctl 3.4 given a URL sends all of it as the HTTP/2 :authority;
+    // `--cluster` dials the advertised client URLs the same way.
+    let url = "http://127.0.0.1:2379";
+    assert_eq!(etcdctl_ok(url, &["put", "from-url", "u"]).trim(), "OK");
+    assert_eq!(etcdctl_ok(url, &["get", "from-url", "--print-value-only"]), "u\n");
+    let cluster = etcdctl_ok(EP, &["endpoint", "status", "--cluster"]);
+    assert!(cluster.starts_with("http://localhost:2379, "), "{cluster}");
+
     let status = child.terminate();
     assert!(status.success(), "graceful stop exits 0, got {status}");
 }

@@ -1,6 +1,7 @@
 //! The client port: etcd's gRPC services and its HTTP endpoints, served on
 //! the same listener as etcd does. The only module that knows protobuf types.
 
+pub mod authority;
 pub mod grpc;
 pub mod http;
 

@@ -15,10 +15,12 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio_stream::StreamExt;
 use tonic::transport::server::TcpIncoming;
 
 pub use node::{Header, Limits, Node};
 
+use crate::api::authority::AuthorityRepair;
 use crate::bootstrap::InitialCluster;
 use crate::config::{ClusterState, Config, ConfigError, ListenUrl};
 use crate::raft::peerpb::peer_server::PeerServer;
@@ -344,11 +346,12 @@ fn serve(
     for listener in client_listeners {
         let routes = crate::api::client_routes(node.clone());
         let stop = wait_for(stop.clone());
+        let connections = incoming(listener).map(|accepted| accepted.map(AuthorityRepair::new));
         servers.spawn(async move {
             tonic::transport::Server::builder()
                 .accept_http1(true)
                 .add_routes(routes)
-                .serve_with_incoming_shutdown(incoming(listener), stop)
+                .serve_with_incoming_shutdown(connections, stop)
                 .await
         });
     }
