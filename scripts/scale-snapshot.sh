@@ -9,9 +9,8 @@
 #     whole history running: p99 latency of each run;
 #  3. the same while `etcdctl defrag` runs again and again.
 #   scripts/scale-snapshot.sh [KEYS]
-# Takes tens of minutes and several GiB of disk under $TMPDIR. The members'
-# RocksDB memory is --backend-memory-bytes; set ETCD_BACKEND_MEMORY_BYTES to
-# change it.
+# Takes tens of minutes and several GiB of disk under $TMPDIR. Set
+# ETCD_MEMORY_BUDGET_BYTES to run the members with another --memory-budget-bytes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 keys=${1:-2000000}

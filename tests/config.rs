@@ -47,8 +47,8 @@ fn bad_flags_exit_1_naming_the_flag() {
     fails_with(&["--snapshot-count", "x"], &[], "--snapshot-count");
     fails_with(&[], &[("ETCD_SNAPSHOT_COUNT", "x")], "for ETCD_SNAPSHOT_COUNT");
     fails_with(&[], &[("ETCD_CLIENT_CERT_AUTH", "true")], "ETCD_CLIENT_CERT_AUTH");
-    fails_with(&["--backend-memory-bytes", "1048576"], &[], "for --backend-memory-bytes: at least 16777216 (16 MiB)");
-    fails_with(&[], &[("ETCD_BACKEND_MEMORY_BYTES", "64MiB")], "for ETCD_BACKEND_MEMORY_BYTES");
+    fails_with(&["--memory-budget-bytes", "1048576"], &[], "for --memory-budget-bytes: at least 16777216 (16 MiB)");
+    fails_with(&[], &[("ETCD_MEMORY_BUDGET_BYTES", "64MiB")], "for ETCD_MEMORY_BUDGET_BYTES");
 }
 
 #[test]

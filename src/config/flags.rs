@@ -21,7 +21,7 @@ pub const SUPPORTED: &[&str] = &[
     "initial-cluster-state",
     "initial-cluster-token",
     "quota-backend-bytes",
-    "backend-memory-bytes",
+    "memory-budget-bytes",
     "max-request-bytes",
     "max-txn-ops",
     "experimental-watch-progress-notify-interval",

@@ -67,7 +67,7 @@ pub struct Config {
     pub initial_cluster_token: String,
     pub quota_backend_bytes: u64,
     /// cairn's own: RocksDB's memtables and block caches together.
-    pub backend_memory_bytes: u64,
+    pub memory_budget_bytes: u64,
     pub max_request_bytes: u64,
     pub max_txn_ops: u64,
     pub watch_progress_notify_interval: Duration,
@@ -416,11 +416,11 @@ impl Config {
             s.raw("data-dir").filter(|d| !d.is_empty()).or(defaults.data_dir).unwrap_or_else(|| format!("{name}.etcd")),
         );
         let quota = s.number("quota-backend-bytes", 0)?;
-        let backend_memory_bytes = s.number("backend-memory-bytes", DEFAULT_MEMBER_BYTES)?;
-        if backend_memory_bytes < MIN_MEMBER_BYTES {
+        let memory_budget_bytes = s.number("memory-budget-bytes", DEFAULT_MEMBER_BYTES)?;
+        if memory_budget_bytes < MIN_MEMBER_BYTES {
             return Err(ConfigError::new(format!(
-                "invalid value {backend_memory_bytes} for {}: at least {MIN_MEMBER_BYTES} (16 MiB)",
-                s.origin("backend-memory-bytes")
+                "invalid value {memory_budget_bytes} for {}: at least {MIN_MEMBER_BYTES} (16 MiB)",
+                s.origin("memory-budget-bytes")
             )));
         }
         // Accepted for etcd's command lines; cairn always checkpoints leases.
@@ -438,7 +438,7 @@ impl Config {
             initial_cluster_state,
             initial_cluster_token: s.string("initial-cluster-token", "etcd-cluster"),
             quota_backend_bytes: if quota == 0 { 2 * 1024 * 1024 * 1024 } else { quota },
-            backend_memory_bytes,
+            memory_budget_bytes,
             max_request_bytes: s.number("max-request-bytes", 1_572_864)?,
             max_txn_ops: s.number("max-txn-ops", 128)?,
             // As etcd: zero keeps the default.

@@ -34,10 +34,6 @@ use crate::store::Store;
 use crate::lease::Lessor;
 use crate::watch::Hub;
 
-/// Memory for the newest revisions' changes, which watchers that keep up
-/// read instead of the store's history.
-const WATCH_MEMORY_BYTES: usize = 64 * 1024 * 1024;
-
 async fn bind(urls: &[ListenUrl], flag: &str) -> anyhow::Result<Vec<TcpListener>> {
     let mut listeners = Vec::new();
     for u in urls {
@@ -146,7 +142,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     for dir in [&snap_dir, &wal_dir] {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let memory = MemberBudget::of(config.backend_memory_bytes);
+    let memory = MemberBudget::of(config.memory_budget_bytes);
     let store = Arc::new(Store::open(&snap_dir.join("db"), &memory.state)?);
     let snapshots = Arc::new(Snapshots::open(snap_dir.join("raft")).context("raft snapshots")?);
     snapshots.finish_interrupted_install(&store)?;
@@ -180,7 +176,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         strict_reconfig_check: config.strict_reconfig_check,
         max_learners: config.max_learners,
     };
-    let hub = Arc::new(Hub::new(store.revision(), WATCH_MEMORY_BYTES));
+    let hub = Arc::new(Hub::new(store.revision(), memory.watch_history));
     let lessor = Arc::new(Lessor::new(store.leases()));
     let consensus = Consensus::start(
         (member_id, cluster_id),

@@ -5,7 +5,8 @@
 //! database share one budget (past it, RocksDB flushes the largest early;
 //! writes are not stalled for it, so a burst may overshoot until the flush
 //! ends) and index and filter blocks live in the block cache, which has its
-//! own. `--backend-memory-bytes` sets the member's total.
+//! own. `--memory-budget-bytes` sets a member's total, which also bounds the
+//! watch hub's history of recent changes.
 
 use rocksdb::{BlockBasedIndexType, BlockBasedOptions, Cache, Options, WriteBufferManager};
 
@@ -17,28 +18,30 @@ pub struct MemoryBudget {
 
 const MIB: u64 = 1024 * 1024;
 
-/// `--backend-memory-bytes` when not set.
+/// `--memory-budget-bytes` when not set.
 pub const DEFAULT_MEMBER_BYTES: u64 = 256 * MIB;
 /// Below this the memtables are so small that flushes and compactions of
 /// tiny files would cost more than the memory saved.
 pub const MIN_MEMBER_BYTES: u64 = 16 * MIB;
 
-/// A member's RocksDB memory (`--backend-memory-bytes`), shared by its two
-/// databases.
+/// A member's memory for caches and write buffers (`--memory-budget-bytes`).
 pub struct MemberBudget {
-    /// The state database: large and read by every request, so it gets three
-    /// quarters, two thirds of that for writes.
+    /// The state database: large and read by every request, so it gets the
+    /// most, two thirds of that for writes.
     pub state: MemoryBudget,
     /// The Raft log: written once, read back by replication while recent.
     pub log: MemoryBudget,
+    /// Recent changes kept for watchers that start a little in the past.
+    pub watch_history: usize,
 }
 
 impl MemberBudget {
     pub fn of(bytes: u64) -> MemberBudget {
-        let eighth = (bytes / 8) as usize;
+        let sixteenth = (bytes / 16) as usize;
         MemberBudget {
-            state: MemoryBudget { memtables: 4 * eighth, block_cache: 2 * eighth },
-            log: MemoryBudget { memtables: eighth, block_cache: eighth },
+            state: MemoryBudget { memtables: 6 * sixteenth, block_cache: 3 * sixteenth },
+            log: MemoryBudget { memtables: 2 * sixteenth, block_cache: sixteenth },
+            watch_history: 4 * sixteenth,
         }
     }
 }
