@@ -123,3 +123,50 @@ fn a_stopping_leader_hands_over_so_writes_pause_far_less_than_an_election_timeou
         rt.block_on(assert_has_all(m, &acked));
     }
 }
+
+#[test]
+fn a_transfer_to_a_member_that_stops_answering_gives_up_and_loses_no_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut members = three_member_cluster_with(dir.path(), &["--election-timeout", "1000"]);
+    let rt = runtime();
+    let leader = rt.block_on(leader_index(&members));
+    let target = (leader + 1) % 3;
+    let target_id = member_id(&members[target]);
+    let others: Vec<String> = (0..3).filter(|&i| i != target).map(|i| members[i].endpoint()).collect();
+    let acked = Arc::new(Mutex::new(BTreeMap::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = spawn_writer(&rt, Arc::new(Mutex::new(others.clone())), acked.clone(), stop.clone());
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Frozen, the target takes the leader's Campaign call and never answers.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(members[target].pid() as i32), nix::sys::signal::Signal::SIGSTOP)
+        .unwrap();
+    // As with etcd: the leader holds new writes for one election timeout,
+    // then lets them flow while the call waits out etcdctl's 5 s deadline.
+    let before = acked.lock().unwrap().len();
+    let out = etcdctl(&others.join(","), &["move-leader", &format!("{target_id:x}")]);
+    assert!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("context deadline exceeded") || err.contains("leader transfer took too long"), "{err}");
+    let during = acked.lock().unwrap().len() - before;
+    assert!(during >= 100, "only {during} writes were acknowledged while the transfer call waited");
+
+    // It dies there; the other two keep leading and taking writes.
+    members[target].kill9();
+    let before = acked.lock().unwrap().len();
+    let resumed = Instant::now();
+    while acked.lock().unwrap().len() < before + 50 {
+        assert!(resumed.elapsed() < Duration::from_secs(10), "writes did not resume after the failed transfer");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::SeqCst);
+    rt.block_on(writer).unwrap();
+
+    members[target].add_args(&["--initial-cluster-state", "existing"]);
+    members[target].start();
+    members[target].wait_healthy(Duration::from_secs(20));
+    let acked = acked.lock().unwrap().clone();
+    for m in &members {
+        rt.block_on(assert_has_all(m, &acked));
+    }
+}

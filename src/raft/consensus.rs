@@ -386,7 +386,8 @@ impl Consensus {
 
     /// etcd's MoveLeader: on the leader, hands leadership to voter `target`.
     pub async fn move_leader(&self, target: u64) -> Result<(), KvError> {
-        transfer::transfer_leadership(&self.raft, &self.proposer, &self.peers, target, self.request_timeout).await
+        let (hold, patience) = (self.election_timeout, self.request_timeout);
+        transfer::transfer_leadership(&self.raft, &self.proposer, &self.peers, target, hold, patience).await
     }
 
     /// A stopping leader hands over to the most caught-up voter, as etcd
@@ -401,7 +402,7 @@ impl Consensus {
         };
         let started = Instant::now();
         let patience = 2 * self.election_timeout;
-        match transfer::transfer_leadership(&self.raft, &self.proposer, &self.peers, successor, patience).await {
+        match transfer::transfer_leadership(&self.raft, &self.proposer, &self.peers, successor, patience, patience).await {
             Ok(()) => tracing::info!(
                 to = format!("{successor:x}"),
                 took = ?started.elapsed(),

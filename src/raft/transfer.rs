@@ -24,13 +24,16 @@ pub struct CampaignRequest {
     pub last_log_index: u64,
 }
 
-/// Hands leadership from this member (the leader) to voter `target` within
-/// `patience`; Ok once `target` leads.
+/// Hands leadership from this member (the leader) to voter `target`; Ok once
+/// `target` leads. New entries wait for at most `hold_writes` (an election
+/// timeout, after which etcd's leader drops a transfer too); then the call
+/// only watches for `target` to lead, until `patience` ends.
 pub async fn transfer_leadership(
     raft: &Raft,
     proposer: &Proposer,
     peers: &Peers,
     target: u64,
+    hold_writes: Duration,
     patience: Duration,
 ) -> Result<(), KvError> {
     let (me, term) = {
@@ -47,8 +50,8 @@ pub async fn transfer_leadership(
         return Ok(());
     }
     let node = node_of(raft, target).ok_or(KvError::BadLeaderTransferee)?;
-    let handed_over = async {
-        // Held until the transfer ends: no new entry may outrun the target.
+    let attempt = async {
+        // Held until the attempt ends: no new entry may outrun the target.
         let _paused = proposer.pause().await;
         let caught_up = raft
             .wait(None)
@@ -64,7 +67,7 @@ pub async fn transfer_leadership(
         }
         let request = CampaignRequest { leader: me, term, last_log_index };
         let answer: Result<(), PeerRefusal> = peers
-            .call(target, &node, Some(patience), Method::Campaign, &request)
+            .call(target, &node, Some(hold_writes), Method::Campaign, &request)
             .await
             .map_err(|e| KvError::Internal(format!("asking member {target:x} to campaign: {e}")))?;
         answer.map_err(|refusal| KvError::Internal(format!("member {target:x} did not campaign: {refusal:?}")))?;
@@ -74,10 +77,20 @@ pub async fn transfer_leadership(
             .map_err(|_| KvError::Stopped)?;
         Ok(())
     };
-    match tokio::time::timeout(patience, handed_over).await {
-        Ok(done) => done,
-        Err(_) => Err(KvError::LeaderTransferTimeout),
+    let started = tokio::time::Instant::now();
+    match tokio::time::timeout(hold_writes.min(patience), attempt).await {
+        Ok(Ok(())) => return Ok(()),
+        Ok(Err(e @ (KvError::NotLeader | KvError::Stopped))) => return Err(e),
+        Ok(Err(e)) => tracing::warn!(to = format!("{target:x}"), error = %e, "leader transfer attempt failed"),
+        Err(_) => tracing::warn!(to = format!("{target:x}"), "leader transfer attempt took longer than an election timeout"),
     }
+    // As etcd's MoveLeader: writes flow again, the call waits for its deadline.
+    let rest = patience.saturating_sub(started.elapsed());
+    raft.wait(Some(rest))
+        .metrics(|m| m.current_leader == Some(target), "transferee leads")
+        .await
+        .map(|_| ())
+        .map_err(|_| KvError::LeaderTransferTimeout)
 }
 
 /// The chosen member's side: campaign now if the request comes from the
