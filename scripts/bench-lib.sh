@@ -44,3 +44,22 @@ for e in json.load(sys.stdin):
         print(e["Endpoint"])'
 }
 
+
+# Runs "$@" while `etcdctl defrag` of endpoint $1 runs again and again, so
+# that every request meets one; prints the command's output and how many
+# defrags ran.
+during_defrags() { # endpoint command...
+  local ep=$1 done_flag="$work/defrag-done.$BASHPID" count="$work/defrags.$BASHPID"
+  shift
+  rm -f "$done_flag"
+  : >"$count"
+  (while [ ! -e "$done_flag" ]; do
+    ETCDCTL_API=3 etcdctl --endpoints="$ep" defrag --command-timeout=30m >/dev/null && echo >>"$count"
+  done) &
+  local loop=$!
+  local out
+  out=$("$@")
+  touch "$done_flag"
+  wait "$loop"
+  echo "$out ($(wc -l <"$count") defrags ran)"
+}

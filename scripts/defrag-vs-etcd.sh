@@ -15,17 +15,10 @@ overwrite() { "$bin/examples/kv_bench" "$1" 64 20000 1024 put; }
 
 measure() { # kind binary base_port
   start_cluster "$1" "$2" "$3"
-  local ep="127.0.0.1:$(($3 + 10))" done_flag="$work/$1.overwritten"
+  local ep="127.0.0.1:$(($3 + 10))"
   "$bin/examples/kv_bench" "$ep" 64 "$keys" 1024 put >/dev/null
   echo "$1 undisturbed: $(overwrite "$ep")"
-  : >"$work/$1.defrags"
-  (while [ ! -e "$done_flag" ]; do
-    ETCDCTL_API=3 etcdctl --endpoints="$ep" defrag --command-timeout=30m >/dev/null && echo >>"$work/$1.defrags"
-  done) &
-  local defrags=$!
-  echo "$1 during defrags: $(overwrite "$ep") ($(wc -l <"$work/$1.defrags") defrags ran)"
-  touch "$done_flag"
-  wait "$defrags"
+  echo "$1 during defrags: $(during_defrags "$ep" overwrite "$ep")"
   stop_all
 }
 

@@ -59,14 +59,4 @@ busy_p99=$(overwrite)
 wait "$compaction"
 echo "64 clients overwriting: p99 ${quiet_p99} ms without compaction, ${busy_p99} ms while the whole history (revision $rev) is compacted"
 
-# Defrag after defrag for as long as the clients write, so that every
-# request meets one.
-: >"$work/defrags"
-(while [ ! -e "$work/overwritten" ]; do
-  ctl 127.0.0.1:24010 defrag --command-timeout=30m >/dev/null && echo >>"$work/defrags"
-done) &
-defrag=$!
-defrag_p99=$(overwrite)
-touch "$work/overwritten"
-wait "$defrag"
-echo "64 clients overwriting: p99 ${defrag_p99} ms while $(wc -l <"$work/defrags") defrags ran one after another"
+echo "64 clients overwriting, p99 in ms, while defrags run back to back: $(during_defrags 127.0.0.1:24010 overwrite)"

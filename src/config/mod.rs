@@ -66,7 +66,8 @@ pub struct Config {
     pub initial_cluster_state: ClusterState,
     pub initial_cluster_token: String,
     pub quota_backend_bytes: u64,
-    /// cairn's own: RocksDB's memtables and block caches together.
+    /// cairn's own: RocksDB's memtables and block caches and the watch
+    /// history together.
     pub memory_budget_bytes: u64,
     pub max_request_bytes: u64,
     pub max_txn_ops: u64,
@@ -419,8 +420,9 @@ impl Config {
         let memory_budget_bytes = s.number("memory-budget-bytes", DEFAULT_MEMBER_BYTES)?;
         if memory_budget_bytes < MIN_MEMBER_BYTES {
             return Err(ConfigError::new(format!(
-                "invalid value {memory_budget_bytes} for {}: at least {MIN_MEMBER_BYTES} (16 MiB)",
-                s.origin("memory-budget-bytes")
+                "invalid value {memory_budget_bytes} for {}: at least {MIN_MEMBER_BYTES} ({} MiB)",
+                s.origin("memory-budget-bytes"),
+                MIN_MEMBER_BYTES >> 20
             )));
         }
         // Accepted for etcd's command lines; cairn always checkpoints leases.

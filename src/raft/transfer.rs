@@ -117,8 +117,10 @@ pub async fn campaign(raft: &Raft, peers: &Peers, request: CampaignRequest) -> R
 pub fn successor(raft: &Raft, peers: &Peers) -> Option<u64> {
     let metrics = raft.metrics();
     let m = metrics.borrow();
-    // Only the leader knows how far the others' logs go.
-    m.replication.as_ref()?;
+    if m.replication.is_none() {
+        // Only a leader knows how far the others' logs go.
+        return None;
+    }
     m.membership_config
         .membership()
         .voter_ids()
