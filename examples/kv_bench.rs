@@ -1,9 +1,14 @@
 //! A load generator speaking the etcd v3 API, so cairn and etcd are measured
 //! with the same client: `kv_bench ENDPOINT CLIENTS TOTAL VALUE_BYTES [put|get]`.
 //! `put` writes distinct keys; `get` reads one key, linearizably.
-//! Prints one JSON line: throughput and latency percentiles.
+//! Prints one JSON line: throughput and latency percentiles. An https
+//! endpoint takes etcdctl's `ETCDCTL_CACERT`, `ETCDCTL_CERT`, `ETCDCTL_KEY`.
 
 use std::time::{Duration, Instant};
+
+async fn connect(endpoint: &str) -> etcd_client::Client {
+    cairn::ctl::client_from_env(&[endpoint.to_string()], Duration::from_secs(10)).await.expect("connect")
+}
 
 #[tokio::main]
 async fn main() {
@@ -22,7 +27,7 @@ async fn main() {
     let value = vec![b'x'; value_bytes.parse().expect("VALUE_BYTES")];
     let per_client = total / clients;
     if reads {
-        let mut client = etcd_client::Client::connect([endpoint.clone()], None).await.expect("connect");
+        let mut client = connect(endpoint).await;
         client.put("bench/read", value.clone(), None).await.expect("put");
     }
     let mut tasks = Vec::new();
@@ -31,7 +36,7 @@ async fn main() {
         let endpoint = endpoint.clone();
         let value = value.clone();
         tasks.push(tokio::spawn(async move {
-            let mut client = etcd_client::Client::connect([endpoint], None).await.expect("connect");
+            let mut client = connect(&endpoint).await;
             let mut latencies = Vec::with_capacity(per_client);
             for i in 0..per_client {
                 let t = Instant::now();

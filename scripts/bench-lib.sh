@@ -1,6 +1,8 @@
 # Shared by the bench scripts: builds cairn and the examples named in
 # $bench_examples, gives a scratch dir $work (removed on exit) and starts fresh
-# clusters of etcd or cairn on loopback ports, one after the other.
+# clusters of etcd or cairn on loopback ports, one after the other. With
+# client_scheme=https, members get the flags in $tls_flags and health checks
+# the curl options in $curl_tls.
 . scripts/cargo-env.sh
 scripts/setup-debian.sh
 # shellcheck disable=SC2086 # one --example per name
@@ -8,13 +10,16 @@ cargo build --release --locked --bin cairn $(printf -- '--example %s ' $bench_ex
 bin=$CARGO_TARGET_DIR/release
 work=$(mktemp -d)
 pids=()
+client_scheme=${client_scheme:-http}
+[ -n "${tls_flags+x}" ] || tls_flags=()
+[ -n "${curl_tls+x}" ] || curl_tls=()
 trap 'stop_all; rm -rf "$work"' EXIT
 
 stop_all() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
 
 wait_healthy() {
   for _ in $(seq 200); do
-    curl -fs "http://127.0.0.1:$1/health" | grep -q '"health":"true"' && return 0
+    curl -fs "${curl_tls[@]}" "$client_scheme://127.0.0.1:$1/health" | grep -q '"health":"true"' && return 0
     sleep 0.1
   done
   echo "server on :$1 did not become healthy" >&2; exit 1
@@ -26,9 +31,9 @@ start_cluster() { # kind binary base_port
   for i in $(seq "$members"); do
     local c=$((base + 10 * i)) p=$((base + 10 * i + 1))
     "$binary" --name "$kind$i" --data-dir "$work/$kind$i" \
-      --listen-client-urls "http://127.0.0.1:$c" --advertise-client-urls "http://127.0.0.1:$c" \
+      --listen-client-urls "$client_scheme://127.0.0.1:$c" --advertise-client-urls "$client_scheme://127.0.0.1:$c" \
       --listen-peer-urls "http://127.0.0.1:$p" --initial-advertise-peer-urls "http://127.0.0.1:$p" \
-      --initial-cluster "$cluster" --initial-cluster-token "bench-$kind" >"$work/$kind$i.log" 2>&1 &
+      --initial-cluster "$cluster" --initial-cluster-token "bench-$kind" "${tls_flags[@]}" >"$work/$kind$i.log" 2>&1 &
     pids+=($!)
   done
   for i in $(seq "$members"); do wait_healthy $((base + 10 * i)); done

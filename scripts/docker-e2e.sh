@@ -19,7 +19,7 @@ if docker compose version >/dev/null 2>&1; then compose=(docker compose); else c
 project=cairn-e2e
 
 cleanup() {
-  docker rm -f cairn-e2e-single cairn-e2e-again >/dev/null 2>&1
+  docker rm -f cairn-e2e-single cairn-e2e-again cairn-e2e-tls >/dev/null 2>&1
   docker volume rm -f cairn-e2e-data >/dev/null 2>&1
   "${compose[@]}" -p "$project" -f compose/three-node.yml down -v >/dev/null 2>&1
   "${compose[@]}" -p "$project-single" -f compose/single-node.yml down -v >/dev/null 2>&1
@@ -57,6 +57,16 @@ docker run -d --name cairn-e2e-again -p 127.0.0.1:12479:2379 -v cairn-e2e-data:/
 check "a new container on the same volume is healthy" healthy_within 5 127.0.0.1:12479
 check "data survives docker rm" bash -c 'test "$(etcdctl --endpoints=127.0.0.1:12479 get kept-key --print-value-only)" = kept-value'
 docker rm -f cairn-e2e-again >/dev/null
+
+# --- TLS in a container (auto TLS) -------------------------------------------
+docker run -d --name cairn-e2e-tls -p 127.0.0.1:12579:2379 cairn:latest --name tls --auto-tls \
+  --listen-client-urls=https://0.0.0.0:2379 --advertise-client-urls=https://127.0.0.1:2379 >/dev/null
+tls_healthy() { for _ in $(seq 100); do docker exec cairn-e2e-tls cairn healthcheck --endpoint https://127.0.0.1:2379 --insecure-skip-tls-verify >/dev/null 2>&1 && return 0; sleep 0.1; done; return 1; }
+check "auto TLS: cairn healthcheck with TLS flags" tls_healthy
+check "auto TLS: docker exec … etcdctl --insecure-skip-tls-verify endpoint health" docker exec cairn-e2e-tls etcdctl --endpoints=https://127.0.0.1:2379 --insecure-skip-tls-verify endpoint health
+check "auto TLS: host etcdctl over https" etcdctl --endpoints=https://127.0.0.1:12579 --insecure-skip-tls-verify put tls-key v
+check "auto TLS: plaintext refused" bash -c '! etcdctl --endpoints=http://127.0.0.1:12579 --dial-timeout=2s --command-timeout=3s get tls-key'
+docker rm -f cairn-e2e-tls >/dev/null
 
 # --- docker compose, one member ---------------------------------------------
 "${compose[@]}" -p "$project-single" -f compose/single-node.yml up -d >/dev/null 2>&1

@@ -7,6 +7,7 @@ pub mod ctl;
 pub mod raft;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod watch;
 pub mod lease;
 pub mod logging;

@@ -5,6 +5,7 @@ mod common;
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use common::certs::{self, KeyKind};
 use common::{free_port, http_get, wait_healthy_at, Proc, CAIRN};
 
 /// Runs cairn in an empty directory; returns its output and what it left there.
@@ -34,19 +35,23 @@ fn fails_with(args: &[&str], env: &[(&str, &str)], needle: &str) {
 fn bad_flags_exit_1_naming_the_flag() {
     fails_with(&["--snapshot-count", "lots"], &[], "invalid value \"lots\" for --snapshot-count");
     fails_with(&["--enable-v2"], &[], "--enable-v2 is an etcd flag that cairn does not support yet");
-    fails_with(&["--cert-file=/x.pem"], &[], "--cert-file");
+    fails_with(&["--cert-file=/x.pem", "--key-file=/x.key"], &[], "--cert-file /x.pem: No such file");
     fails_with(&["--no-such-flag", "1"], &[], "unknown flag: --no-such-flag");
     fails_with(&["--initial-cluster-state", "maybe"], &[], "--initial-cluster-state");
     fails_with(&["--heartbeat-interval", "500"], &[], "should be at least as 5 times as --heartbeat-interval");
     fails_with(&["--log-level", "loud"], &[], "--log-level");
     fails_with(&["--listen-client-urls", "http://127.0.0.1:1"], &[], "--advertise-client-urls is required");
-    fails_with(&["--listen-client-urls", "https://127.0.0.1:1", "--advertise-client-urls", "https://127.0.0.1:1"], &[], "TLS");
+    fails_with(
+        &["--listen-client-urls", "https://127.0.0.1:1", "--advertise-client-urls", "https://127.0.0.1:1"],
+        &[],
+        "TLS key/cert (--cert-file, --key-file) must be provided for client url https://127.0.0.1:1 with HTTPS scheme",
+    );
     fails_with(&["--advertise-client-urls", "http://127.0.0.1:9"], &[], "--advertise-client-urls: http://127.0.0.1:9 is not served");
     fails_with(&["--name", "m1", "--initial-cluster", "m2=http://localhost:2380"], &[], "--name m1 is not in --initial-cluster (m2)");
     fails_with(&["--initial-cluster-state", "existing"], &[], "member add");
     fails_with(&["--snapshot-count", "x"], &[], "--snapshot-count");
     fails_with(&[], &[("ETCD_SNAPSHOT_COUNT", "x")], "for ETCD_SNAPSHOT_COUNT");
-    fails_with(&[], &[("ETCD_CLIENT_CERT_AUTH", "true")], "ETCD_CLIENT_CERT_AUTH");
+    fails_with(&[], &[("ETCD_AUTH_TOKEN", "simple")], "ETCD_AUTH_TOKEN");
     fails_with(&["--memory-budget-bytes", "1048576"], &[], "for --memory-budget-bytes: at least 16777216 (16 MiB)");
     fails_with(&[], &[("ETCD_MEMORY_BUDGET_BYTES", "64MiB")], "for ETCD_MEMORY_BUDGET_BYTES");
 }
@@ -59,8 +64,8 @@ fn config_file_errors_name_the_key() {
     fails_with(&["--config-file", file.to_str().unwrap()], &[], "snapshot-count (config file");
     std::fs::write(&file, "name: x\nbogus-key: 1\n").unwrap();
     fails_with(&["--config-file", file.to_str().unwrap()], &[], "unknown key bogus-key");
-    std::fs::write(&file, "auto-tls: true\n").unwrap();
-    fails_with(&["--config-file", file.to_str().unwrap()], &[], "auto-tls");
+    std::fs::write(&file, "enable-v2: true\n").unwrap();
+    fails_with(&["--config-file", file.to_str().unwrap()], &[], "enable-v2");
     fails_with(&["--config-file", "/no/such/file.yml"], &[], "cannot read --config-file");
 }
 
@@ -172,4 +177,37 @@ fn shipped_config_examples_start() {
         assert!(members.contains(", n1, "), "{source}: {members}");
         assert!(child.terminate().success(), "{source}");
     }
+}
+
+#[test]
+fn tls_misconfiguration_exits_1_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = certs::openssl_ca(d, "ca");
+    let a = certs::openssl_cert(d, &ca, "a", "a", "IP:127.0.0.1", KeyKind::Rsa, "");
+    let b = certs::openssl_cert(d, &ca, "b", "b", "IP:127.0.0.1", KeyKind::Ecdsa, "");
+    let flag = |name: &str, path: &std::path::Path| format!("--{name}={}", path.display());
+    let (cert, key, other_key) = (flag("cert-file", &a.cert), flag("key-file", &a.key), flag("key-file", &b.key));
+    fails_with(&[&cert, &other_key], &[], "--key-file does not match the certificate of --cert-file");
+    fails_with(&[&cert], &[], "--cert-file is given without --key-file");
+    fails_with(&["--cert-file=/no/such.pem", &key], &[], "--cert-file /no/such.pem");
+    fails_with(&[&cert, &key, "--client-cert-auth"], &[], "--client-cert-auth needs --trusted-ca-file");
+    fails_with(&[&cert, &key, &flag("trusted-ca-file", &a.key)], &[], "--trusted-ca-file");
+    let peer = format!("https://127.0.0.1:{}", free_port());
+    let peer_urls = [format!("--listen-peer-urls={peer}"), format!("--initial-advertise-peer-urls={peer}")];
+    fails_with(&[&peer_urls[0], &peer_urls[1]], &[], "TLS key/cert (--peer-cert-file, --peer-key-file) must be provided for peer url");
+    let (peer_cert, peer_key) = (flag("peer-cert-file", &a.cert), flag("peer-key-file", &a.key));
+    fails_with(&[&peer_urls[0], &peer_urls[1], &peer_cert, &peer_key], &[], "--peer-trusted-ca-file is needed");
+    fails_with(&["--tls-min-version", "TLS1.4"], &[], "--tls-min-version: unexpected TLS version \"TLS1.4\"");
+    fails_with(&["--cipher-suites", "TLS_RSA_WITH_RC4_128_SHA"], &[], "unexpected TLS cipher suite");
+    fails_with(&["--client-cert-auth=maybe"], &[], "for --client-cert-auth: expected true or false");
+    // The config file's transport security sections stand for the same flags.
+    let file = d.join("tls.yml");
+    let yaml = format!(
+        "client-transport-security:\n  cert-file: {}\n  key-file: {}\npeer-transport-security:\n  auto-tls: true\n",
+        a.cert.display(),
+        b.key.display()
+    );
+    std::fs::write(&file, yaml).unwrap();
+    fails_with(&["--config-file", file.to_str().unwrap()], &[], "--key-file does not match the certificate of --cert-file");
 }

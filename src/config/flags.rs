@@ -35,27 +35,49 @@ pub const SUPPORTED: &[&str] = &[
     "log-level",
     "logger",
     "config-file",
+    "cert-file",
+    "key-file",
+    "trusted-ca-file",
+    "client-cert-auth",
+    "client-crl-file",
+    "auto-tls",
+    "peer-cert-file",
+    "peer-key-file",
+    "peer-trusted-ca-file",
+    "peer-client-cert-auth",
+    "peer-crl-file",
+    "peer-auto-tls",
+    "peer-cert-allowed-cn",
+    "peer-cert-allowed-hostname",
+    "cipher-suites",
+    "tls-min-version",
+    "tls-max-version",
+    "self-signed-cert-validity",
 ];
 
 /// Go boolean flags: a bare `--name` means true, and only `--name=false` sets false.
-pub const BOOLEAN: &[&str] = &["experimental-enable-lease-checkpoint", "strict-reconfig-check"];
+pub const BOOLEAN: &[&str] = &[
+    "experimental-enable-lease-checkpoint",
+    "strict-reconfig-check",
+    "client-cert-auth",
+    "auto-tls",
+    "peer-client-cert-auth",
+    "peer-auto-tls",
+];
 
 /// etcd flags that cairn does not serve yet: named in the error rather than
 /// silently ignored.
 pub const UNSUPPORTED: &[&str] = &[
-    "auth-token", "auth-token-ttl", "auto-tls",
-    "bcrypt-cost", "cert-file", "cipher-suites", "client-cert-auth", "client-crl-file", "cors", "debug",
+    "auth-token", "auth-token-ttl", "bcrypt-cost", "cors", "debug",
     "discovery", "discovery-fallback", "discovery-proxy", "discovery-srv", "discovery-srv-name",
     "enable-grpc-gateway", "enable-log-rotation", "enable-pprof", "enable-v2", "force-new-cluster",
     "grpc-keepalive-interval", "grpc-keepalive-min-time", "grpc-keepalive-timeout", "host-whitelist",
-    "key-file", "listen-metrics-urls", "log-outputs", "log-rotation-config-json", "log-package-levels",
-    "max-concurrent-streams", "max-snapshots", "max-wals", "metrics", "peer-auto-tls", "peer-cert-allowed-cn",
-    "peer-cert-allowed-hostname", "peer-cert-file", "peer-client-cert-auth", "peer-crl-file", "peer-key-file",
-    "peer-trusted-ca-file", "pre-vote", "proxy", "proxy-dial-timeout", "proxy-failure-wait",
-    "proxy-read-timeout", "proxy-refresh-interval", "proxy-write-timeout", "socket-reuse-address",
-    "socket-reuse-port", "tls-max-version", "tls-min-version", "trusted-ca-file",
-    "unsafe-no-fsync", "v2-deprecation", "client-cert-file", "client-key-file", "peer-client-cert-file",
-    "peer-client-key-file", "initial-election-tick-advance", "enable-distributed-tracing",
+    "listen-metrics-urls", "log-outputs", "log-rotation-config-json", "log-package-levels",
+    "max-concurrent-streams", "max-snapshots", "max-wals", "metrics", "pre-vote", "proxy", "proxy-dial-timeout",
+    "proxy-failure-wait", "proxy-read-timeout", "proxy-refresh-interval", "proxy-write-timeout",
+    "socket-reuse-address", "socket-reuse-port", "unsafe-no-fsync", "v2-deprecation", "client-cert-file",
+    "client-key-file", "peer-client-cert-file", "peer-client-key-file", "peer-skip-client-san-verification",
+    "initial-election-tick-advance", "enable-distributed-tracing",
 ];
 
 /// A setting a config file or an `ETCD_*` variable may carry: any supported

@@ -14,6 +14,7 @@ use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 
 use crate::store::memory::{DEFAULT_MEMBER_BYTES, MIN_MEMBER_BYTES};
+use crate::tls::{AllowedIdentity, Port, TlsPolicy, TransportSecurity};
 
 pub use flags::Invocation;
 pub use urls::{listen_addr, parse_list as urls_parse_list, ListenUrl};
@@ -78,6 +79,9 @@ pub struct Config {
     pub auto_compaction: Option<AutoCompaction>,
     pub log_level: String,
     pub logger: String,
+    pub client_security: TransportSecurity,
+    pub peer_security: TransportSecurity,
+    pub tls_policy: TlsPolicy,
     /// Notes for the log once it is set up: flags that beat an environment
     /// variable, and environment variables that mean nothing to cairn.
     pub notices: Vec<String>,
@@ -129,25 +133,58 @@ fn scalar(value: &Value) -> Option<String> {
     }
 }
 
+/// The flag a key of the config file's `client-transport-security` or
+/// `peer-transport-security` section stands for.
+fn security_section_key(section: &str, key: &str) -> String {
+    match (section, key) {
+        ("client-transport-security", "crl-file") => "client-crl-file".into(),
+        ("client-transport-security", key) => key.into(),
+        (_, "allowed-cn") => "peer-cert-allowed-cn".into(),
+        (_, "allowed-hostname") => "peer-cert-allowed-hostname".into(),
+        (_, "client-cert-auth") => "peer-client-cert-auth".into(),
+        (_, key) => format!("peer-{key}"),
+    }
+}
+
+fn yaml_scalar(key: &str, path: &str, value: &serde_yaml_ng::Value) -> Result<Option<String>, ConfigError> {
+    Ok(Some(match value {
+        serde_yaml_ng::Value::Null => return Ok(None),
+        serde_yaml_ng::Value::String(s) => s.clone(),
+        serde_yaml_ng::Value::Bool(b) => b.to_string(),
+        serde_yaml_ng::Value::Number(n) => n.to_string(),
+        serde_yaml_ng::Value::Sequence(items) => {
+            items.iter().map(|i| i.as_str().map(String::from).unwrap_or_default()).collect::<Vec<_>>().join(",")
+        }
+        _ => return Err(ConfigError::new(format!("{key} in {path}: expected a scalar value"))),
+    }))
+}
+
 fn read_config_file(path: &str) -> Result<Dict, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::new(format!("cannot read --config-file {path}: {e}")))?;
     let raw: Option<std::collections::BTreeMap<String, serde_yaml_ng::Value>> = serde_yaml_ng::from_str(&text)
         .map_err(|e| ConfigError::new(format!("--config-file {path} is not valid YAML: {e}")))?;
-    let mut dict = Dict::new();
+    let mut settings = Vec::new();
     for (key, value) in raw.unwrap_or_default() {
-        let text = match &value {
-            serde_yaml_ng::Value::Null => continue,
-            serde_yaml_ng::Value::String(s) => s.clone(),
-            serde_yaml_ng::Value::Bool(b) => b.to_string(),
-            serde_yaml_ng::Value::Number(n) => n.to_string(),
-            serde_yaml_ng::Value::Sequence(items) => items
-                .iter()
-                .map(|i| i.as_str().map(String::from).unwrap_or_default())
-                .collect::<Vec<_>>()
-                .join(","),
-            _ => return Err(ConfigError::new(format!("{key} in {path}: expected a scalar value"))),
-        };
+        match (key.as_str(), &value) {
+            ("client-transport-security" | "peer-transport-security", serde_yaml_ng::Value::Mapping(section)) => {
+                for (inner, value) in section {
+                    let inner = inner.as_str().unwrap_or_default();
+                    let flag = security_section_key(&key, inner);
+                    if let Some(text) = yaml_scalar(&format!("{key}.{inner}"), path, value)? {
+                        settings.push((flag, text));
+                    }
+                }
+            }
+            _ => {
+                if let Some(text) = yaml_scalar(&key, path, &value)? {
+                    settings.push((key, text));
+                }
+            }
+        }
+    }
+    let mut dict = Dict::new();
+    for (key, text) in settings {
         if flags::is_layered_setting(&key) {
             dict.insert(key, Value::from(text));
         } else if flags::is_etcd_unsupported(&key) {
@@ -272,6 +309,62 @@ impl Settings {
         } else {
             Err(ConfigError::new(format!("invalid value {v:?} for {}: expected one of {}", self.origin(key), allowed.join(", "))))
         }
+    }
+
+    /// A Go boolean flag's value (strconv.ParseBool's spellings).
+    fn boolean(&self, key: &str) -> Result<bool, ConfigError> {
+        match self.raw(key).as_deref().map(str::trim) {
+            None | Some("") => Ok(false),
+            Some("1" | "t" | "T" | "true" | "TRUE" | "True") => Ok(true),
+            Some("0" | "f" | "F" | "false" | "FALSE" | "False") => Ok(false),
+            Some(v) => Err(ConfigError::new(format!("invalid value {v:?} for {}: expected true or false", self.origin(key)))),
+        }
+    }
+
+    fn path(&self, key: &str) -> Option<PathBuf> {
+        self.raw(key).filter(|p| !p.trim().is_empty()).map(PathBuf::from)
+    }
+
+    /// A comma-separated list.
+    fn list(&self, key: &str) -> Vec<String> {
+        self.string(key, "").split(',').map(str::trim).filter(|v| !v.is_empty()).map(String::from).collect()
+    }
+
+    /// One port's TLS settings; an https URL on the port needs a certificate.
+    fn transport_security(&self, port: Port, listen: &[ListenUrl]) -> Result<TransportSecurity, ConfigError> {
+        let flag = |name: &str| port.flag(name).trim_start_matches("--").to_string();
+        let (crl, client_cert_auth) = match port {
+            Port::Peer => ("peer-crl-file".to_string(), "peer-client-cert-auth".to_string()),
+            _ => ("client-crl-file".to_string(), "client-cert-auth".to_string()),
+        };
+        let security = TransportSecurity {
+            cert_file: self.path(&flag("cert-file")),
+            key_file: self.path(&flag("key-file")),
+            trusted_ca_file: self.path(&flag("trusted-ca-file")),
+            client_cert_auth: self.boolean(&client_cert_auth)?,
+            crl_file: self.path(&crl),
+            auto_tls: self.boolean(&flag("auto-tls"))?,
+            allowed: match port {
+                Port::Peer => AllowedIdentity {
+                    common_names: self.list("peer-cert-allowed-cn"),
+                    hostnames: self.list("peer-cert-allowed-hostname"),
+                },
+                _ => AllowedIdentity::default(),
+            },
+        };
+        if let Some(u) = listen.iter().find(|u| u.tls) {
+            if !security.has_certificate() {
+                let (kind, cert, key) = match port {
+                    Port::Peer => ("peer", "--peer-cert-file", "--peer-key-file"),
+                    _ => ("client", "--cert-file", "--key-file"),
+                };
+                return Err(ConfigError::new(format!(
+                    "TLS key/cert ({cert}, {key}) must be provided for {kind} url {} with HTTPS scheme",
+                    u.url
+                )));
+            }
+        }
+        Ok(security)
     }
 
     fn urls(&self, key: &str, default: &str) -> Result<Vec<String>, ConfigError> {
@@ -425,6 +518,17 @@ impl Config {
                 MIN_MEMBER_BYTES >> 20
             )));
         }
+        let tls_policy = TlsPolicy::parse(
+            &s.string("cipher-suites", ""),
+            &s.string("tls-min-version", ""),
+            &s.string("tls-max-version", ""),
+            s.number("self-signed-cert-validity", 1)?,
+        )
+        .map_err(ConfigError::new)?;
+        let mut notices = notices;
+        notices.extend(tls_policy.notice.clone());
+        let client_security = s.transport_security(Port::Client, &listen_client_urls)?;
+        let peer_security = s.transport_security(Port::Peer, &listen_peer_urls)?;
         // Accepted for etcd's command lines; cairn always checkpoints leases.
         s.one_of("experimental-enable-lease-checkpoint", "true", &["true", "false"])?;
         Ok(Config {
@@ -459,6 +563,9 @@ impl Config {
             } as usize,
             log_level: s.one_of("log-level", "info", &["debug", "info", "warn", "error", "panic", "fatal"])?,
             logger: s.one_of("logger", "zap", &["zap", "capnslog"])?,
+            client_security,
+            peer_security,
+            tls_policy,
             name,
             data_dir,
             notices,

@@ -1,4 +1,5 @@
-//! URL lists as etcd takes them: comma-separated `http://host:port`.
+//! URL lists as etcd takes them: comma-separated `http://host:port` or
+//! `https://host:port`.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
@@ -9,6 +10,8 @@ use url::Url;
 pub struct ListenUrl {
     pub url: String,
     pub addr: SocketAddr,
+    /// An https URL: the listener speaks TLS.
+    pub tls: bool,
 }
 
 pub fn parse_list(list: &str) -> Result<Vec<String>, String> {
@@ -19,9 +22,8 @@ pub fn parse_list(list: &str) -> Result<Vec<String>, String> {
     for u in &urls {
         let parsed = Url::parse(u).map_err(|e| format!("invalid URL {u:?}: {e}"))?;
         match parsed.scheme() {
-            "http" => {}
-            "https" => return Err(format!("{u}: TLS (https) is not supported by cairn yet")),
-            other => return Err(format!("{u}: URL scheme must be http, not {other}")),
+            "http" | "https" => {}
+            other => return Err(format!("{u}: URL scheme must be http or https, not {other}")),
         }
         if parsed.host_str().is_none_or(str::is_empty) || parsed.port().is_none() {
             return Err(format!("{u}: URL must have a host and a port"));
@@ -46,7 +48,7 @@ pub fn listen_addr(u: &str) -> Result<SocketAddr, String> {
 
 impl ListenUrl {
     pub fn parse(u: &str) -> Result<ListenUrl, String> {
-        Ok(ListenUrl { url: u.to_string(), addr: listen_addr(u)? })
+        Ok(ListenUrl { url: u.to_string(), addr: listen_addr(u)?, tls: u.starts_with("https://") })
     }
 }
 

@@ -4,13 +4,15 @@
 
 mod output;
 mod snapshot;
+mod transport;
 
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, ConnectOptions, DeleteOptions, GetOptions};
+use etcd_client::{Client, DeleteOptions, GetOptions};
 use serde_json::json;
 
 use output::{human_bytes, table};
+use transport::ToolTls;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum WriteOut {
@@ -23,6 +25,7 @@ struct Global {
     endpoints: Vec<String>,
     write_out: WriteOut,
     timeout: Duration,
+    tls: ToolTls,
 }
 
 pub(crate) type CtlResult = Result<(), String>;
@@ -47,6 +50,7 @@ fn parse_and_run(args: Vec<String>) -> CtlResult {
         endpoints: env("ENDPOINTS").unwrap_or_else(|| "127.0.0.1:2379".into()).split(',').map(String::from).collect(),
         write_out: parse_write_out(&env("WRITE_OUT").unwrap_or_else(|| "simple".into()))?,
         timeout: Duration::from_secs(5),
+        tls: ToolTls::from_env(),
     };
     let mut words = Vec::new();
     let mut options = Vec::new();
@@ -61,6 +65,9 @@ fn parse_and_run(args: Vec<String>) -> CtlResult {
             None => (flag.to_string(), None),
         };
         let mut value = || inline.clone().or_else(|| iter.next()).ok_or(format!("flag needs an argument: --{name}"));
+        if global.tls.take_flag(&name, inline.as_deref(), &mut value)? {
+            continue;
+        }
         match name.as_str() {
             "endpoints" => global.endpoints = value()?.split(',').map(String::from).collect(),
             "w" | "write-out" => global.write_out = parse_write_out(&value()?)?,
@@ -154,9 +161,17 @@ fn rpc(e: etcd_client::Error) -> String {
     }
 }
 
+/// A client for `endpoints` with the TLS the `ETCDCTL_*` variables give
+/// (`ETCDCTL_CACERT`, `ETCDCTL_CERT`, …): for tools beside ctl, such as
+/// the bench client.
+pub async fn client_from_env(endpoints: &[String], timeout: Duration) -> Result<Client, String> {
+    let channel = ToolTls::from_env().channel(endpoints, timeout).await?;
+    Client::from_channel(channel, None).await.map_err(rpc)
+}
+
 async fn connect(global: &Global, endpoints: &[String]) -> Result<Client, String> {
-    let opts = ConnectOptions::new().with_connect_timeout(global.timeout).with_timeout(global.timeout);
-    Client::connect(endpoints, Some(opts)).await.map_err(rpc)
+    let channel = global.tls.channel(endpoints, global.timeout).await?;
+    Client::from_channel(channel, None).await.map_err(rpc)
 }
 
 async fn get(global: &Global, key: &str, opts: GetOptions, values_only: bool) -> CtlResult {
@@ -315,19 +330,34 @@ async fn member_list(global: &Global) -> CtlResult {
     Ok(())
 }
 
-/// `cairn healthcheck [--endpoint HOST:PORT]`: for a container HEALTHCHECK in
-/// an image with no curl. Exit 0 when the member's `/health` says true.
+/// `cairn healthcheck [--endpoint HOST:PORT|URL] [TLS flags]`: for a
+/// container HEALTHCHECK in an image with no curl; takes etcdctl's TLS
+/// flags and variables. Exit 0 when the member's `/health` says true.
 pub fn healthcheck(args: Vec<String>) -> u8 {
-    let endpoint = match args.as_slice() {
-        [] => "127.0.0.1:2379".to_string(),
-        [flag, ep] if flag == "--endpoint" => ep.clone(),
-        [flag] if flag.starts_with("--endpoint=") => flag["--endpoint=".len()..].to_string(),
-        _ => {
-            eprintln!("usage: cairn healthcheck [--endpoint HOST:PORT]");
+    let mut endpoint = "127.0.0.1:2379".to_string();
+    let mut tls = ToolTls::from_env();
+    let mut iter = args.into_iter();
+    while let Some(arg) = iter.next() {
+        let flag = arg.trim_start_matches('-');
+        let (name, inline) = match flag.split_once('=') {
+            Some((n, v)) => (n.to_string(), Some(v.to_string())),
+            None => (flag.to_string(), None),
+        };
+        let mut value = || inline.clone().or_else(|| iter.next()).ok_or(format!("flag needs an argument: --{name}"));
+        let taken = match tls.take_flag(&name, inline.as_deref(), &mut value) {
+            Ok(true) => Ok(()),
+            Ok(false) if name == "endpoint" => value().map(|v| endpoint = v),
+            Ok(false) => Err(format!(
+                "unknown flag {arg}; usage: cairn healthcheck [--endpoint HOST:PORT] [--cacert F] [--cert F] [--key F] [--insecure-skip-tls-verify]"
+            )),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = taken {
+            eprintln!("{e}");
             return 1;
         }
-    };
-    match http_get(&endpoint, "/health") {
+    }
+    match tls.http_get(&endpoint, "/health") {
         Ok(body) if body.contains("\"health\":\"true\"") => 0,
         Ok(body) => {
             eprintln!("{endpoint} is unhealthy: {}", body.trim());
@@ -340,18 +370,7 @@ pub fn healthcheck(args: Vec<String>) -> u8 {
     }
 }
 
-/// A minimal HTTP/1.1 GET: the body of the response, whatever its status.
+/// A plain HTTP/1.1 GET: the body of the response, whatever its status.
 pub fn http_get(endpoint: &str, path: &str) -> std::io::Result<String> {
-    use std::io::{Read, Write};
-    use std::net::ToSocketAddrs;
-    let addr = endpoint
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| std::io::Error::other(format!("cannot resolve {endpoint}")))?;
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(3)))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {endpoint}\r\nConnection: close\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    Ok(response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default())
+    ToolTls::default().http_get(endpoint, path)
 }

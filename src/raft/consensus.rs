@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use openraft::metrics::RaftMetrics;
 use openraft::{Config, SnapshotPolicy};
 
-use super::dial::DialError;
+use super::credentials::Credentials;
+use super::dial::{DialError, Dialer};
 use super::members::{ChangeFailure, ClusterInfo, MemberChange, Members, MembersSettings};
 use super::network::{CallError, Method, Peers};
 use super::proposer::Proposer;
@@ -32,6 +33,8 @@ pub struct RaftSettings {
     /// etcd's --strict-reconfig-check: refuse membership changes that could cost the quorum.
     pub strict_reconfig_check: bool,
     pub max_learners: usize,
+    /// How this member reaches the others (TLS for https peer URLs).
+    pub dialer: Dialer,
 }
 
 pub struct Consensus {
@@ -42,6 +45,7 @@ pub struct Consensus {
     /// Read indexes asked of the leader while this member follows.
     follower_reads: ReadIndexRounds,
     member_id: u64,
+    cluster_id: u64,
     peers: Peers,
     request_timeout: Duration,
     election_timeout: Duration,
@@ -85,7 +89,7 @@ impl Consensus {
             ..Default::default()
         };
         let config = Arc::new(config.validate()?);
-        let peers = Peers::default();
+        let peers = Peers::new(Credentials::of_member(member_id, cluster_id), settings.dialer.clone());
         let raft = Raft::new(
             member_id,
             config,
@@ -119,6 +123,7 @@ impl Consensus {
             leader_reads,
             follower_reads,
             member_id,
+            cluster_id,
             peers,
             request_timeout,
             election_timeout,
@@ -150,6 +155,7 @@ impl Consensus {
             members: self.members.clone(),
             store: self.store.clone(),
             peers: self.peers.clone(),
+            cluster_id: self.cluster_id,
         }
     }
 

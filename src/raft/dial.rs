@@ -3,7 +3,9 @@
 //! and names like docker compose service names must still resolve (through
 //! the /etc/resolv.conf and /etc/hosts the container runtime provides).
 //! Names are resolved at every connect, so a peer that comes back with a new
-//! address is found again.
+//! address is found again. https URLs get a TLS session (the peer TLS
+//! config, re-read when its files change) with the URL's host as the name
+//! the certificate must carry.
 
 use std::future::Future;
 use std::io;
@@ -16,10 +18,22 @@ use std::time::Duration;
 use hickory_resolver::TokioResolver;
 use http::Uri;
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::tls::{DialTls, Transport};
 
 #[derive(Clone, Default)]
-pub struct Dialer;
+pub struct Dialer {
+    tls: Option<Arc<DialTls>>,
+}
+
+impl Dialer {
+    pub fn new(tls: Option<Arc<DialTls>>) -> Dialer {
+        Dialer { tls }
+    }
+}
 
 /// A connection that could not be made: nothing was sent on it.
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +74,7 @@ async fn addresses(host: &str) -> io::Result<Vec<IpAddr>> {
 
 async fn connect(uri: &Uri) -> io::Result<TcpStream> {
     let host = uri.host().ok_or_else(|| io::Error::other("no host"))?;
-    let port = uri.port_u16().unwrap_or(80);
+    let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
     let mut last = io::Error::other(format!("{host} has no address"));
     for ip in addresses(host).await? {
         match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((ip, port))).await {
@@ -75,15 +89,32 @@ async fn connect(uri: &Uri) -> io::Result<TcpStream> {
     Err(last)
 }
 
-async fn dial(uri: Uri) -> Result<TokioIo<TcpStream>, DialError> {
-    match connect(&uri).await {
+async fn secure(uri: &Uri, tcp: TcpStream, tls: Option<&DialTls>) -> io::Result<Transport> {
+    if uri.scheme_str() != Some("https") {
+        return Ok(Transport::Plain(tcp));
+    }
+    let tls = tls.ok_or_else(|| io::Error::other("an https peer URL, but this member has no peer TLS configured"))?;
+    let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
+    let name = ServerName::try_from(host.to_string()).map_err(|e| io::Error::other(format!("{host}: {e}")))?;
+    let stream = TlsConnector::from(tls.get()).connect(name, tcp).await?;
+    Ok(Transport::Tls(Box::new(stream.into())))
+}
+
+async fn dial(uri: Uri, tls: Option<Arc<DialTls>>) -> Result<TokioIo<Transport>, DialError> {
+    let connected = match connect(&uri).await {
+        Ok(tcp) => tokio::time::timeout(CONNECT_TIMEOUT, secure(&uri, tcp, tls.as_deref()))
+            .await
+            .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "no TLS handshake"))),
+        Err(e) => Err(e),
+    };
+    match connected {
         Ok(stream) => Ok(TokioIo::new(stream)),
         Err(source) => Err(DialError { uri, source }),
     }
 }
 
 impl tower::Service<Uri> for Dialer {
-    type Response = TokioIo<TcpStream>;
+    type Response = TokioIo<Transport>;
     type Error = DialError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, DialError>> + Send>>;
 
@@ -92,6 +123,6 @@ impl tower::Service<Uri> for Dialer {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        Box::pin(dial(uri))
+        Box::pin(dial(uri, self.tls.clone()))
     }
 }

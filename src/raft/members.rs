@@ -17,6 +17,8 @@ use openraft::ChangeMembers;
 use serde::{Deserialize, Serialize};
 
 use super::consensus::matched_index;
+use super::credentials::Credentials;
+use super::dial::Dialer;
 use super::network::{Method, Peers};
 use super::proposer::Proposer;
 use super::{PeerNode, PeerRefusal, Raft};
@@ -363,10 +365,11 @@ pub const JOIN_PATIENCE: Duration = Duration::from_secs(10);
 /// what `wanted` accepts or `patience` has passed; returns the last answer.
 pub async fn ask_cluster(
     peer_urls: &[String],
+    dialer: &Dialer,
     patience: Duration,
     wanted: impl Fn(&ClusterInfo) -> bool,
 ) -> Option<ClusterInfo> {
-    let peers = Peers::default();
+    let peers = Peers::new(Credentials::anonymous(), dialer.clone());
     let deadline = Instant::now() + patience;
     let mut last = None;
     loop {

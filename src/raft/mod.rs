@@ -4,7 +4,8 @@
 
 mod clock;
 mod consensus;
-mod dial;
+pub mod credentials;
+pub mod dial;
 mod log_store;
 pub mod members;
 pub mod network;

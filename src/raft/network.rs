@@ -18,8 +18,10 @@ use openraft::{OptionalSend, Snapshot, Vote};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
+use super::credentials::Credentials;
 use super::dial::Dialer;
 use super::peerpb::peer_client::PeerClient;
 use super::peerpb::Payload;
@@ -38,15 +40,19 @@ pub struct Peers {
     /// The term of this member's campaign on a leader's request (transfer):
     /// its vote requests in that term say so.
     transfer_campaign_term: Arc<AtomicU64>,
+    credentials: Credentials,
+    dialer: Dialer,
 }
 
-impl Default for Peers {
-    fn default() -> Peers {
+impl Peers {
+    pub fn new(credentials: Credentials, dialer: Dialer) -> Peers {
         Peers {
             channels: Default::default(),
             active_since: Default::default(),
             removed: Arc::new(tokio::sync::watch::channel(false).0),
             transfer_campaign_term: Default::default(),
+            credentials,
+            dialer,
         }
     }
 }
@@ -80,7 +86,7 @@ impl Peers {
         let channel = Endpoint::from_shared(url.clone())
             .map_err(|_| CallError::NoUrl(id))?
             .http2_keep_alive_interval(Duration::from_secs(5))
-            .connect_with_connector_lazy(Dialer);
+            .connect_with_connector_lazy(self.dialer.clone());
         channels.insert(id, (node.clone(), channel.clone()));
         Ok(channel)
     }
@@ -109,8 +115,8 @@ impl Peers {
         self.transfer_campaign_term.store(term, Ordering::Release);
     }
 
-    fn client(&self, id: u64, node: &PeerNode) -> Result<PeerClient<Channel>, CallError> {
-        Ok(PeerClient::new(self.channel(id, node)?)
+    fn client(&self, id: u64, node: &PeerNode) -> Result<PeerClient<InterceptedService<Channel, Credentials>>, CallError> {
+        Ok(PeerClient::with_interceptor(self.channel(id, node)?, self.credentials.clone())
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX))
     }
@@ -189,6 +195,14 @@ pub struct PeerConnection {
 /// openraft 0.9 gives an AppendEntries call one heartbeat interval, the
 /// follower's fsync included; a call larger than this is split.
 const MAX_APPEND_BYTES: usize = 1024 * 1024;
+
+/// The largest peer request a member takes. An AppendEntries call is split
+/// at MAX_APPEND_BYTES unless one entry alone is larger (a group commit: at
+/// most 512 KiB plus one request), and snapshots come in 1 MiB chunks; the
+/// floor leaves room for members configured with larger requests.
+pub fn peer_message_limit(max_request_bytes: u64) -> usize {
+    (usize::try_from(max_request_bytes).unwrap_or(usize::MAX / 4) + 2 * MAX_APPEND_BYTES).max(64 << 20)
+}
 
 impl PeerConnection {
     async fn raft_call<Resp: DeserializeOwned, E: std::error::Error + DeserializeOwned>(

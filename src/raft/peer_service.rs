@@ -15,6 +15,7 @@ use super::peerpb::Payload;
 use super::proposer::Proposer;
 use super::read_index::ReadIndexRounds;
 use super::snapshots::{Meta, SnapshotData};
+use super::credentials::{self, Needs};
 use super::{clock, decode, encode, transfer, PeerRefusal, Raft};
 use crate::lease::{LeaseQuery, Lessor};
 use crate::store::types::{Command, CommandResult};
@@ -28,6 +29,7 @@ pub struct PeerService {
     pub(super) members: Members,
     pub(super) store: Arc<Store>,
     pub(super) peers: Peers,
+    pub(super) cluster_id: u64,
 }
 
 fn payload<T: serde::de::DeserializeOwned>(req: Request<Payload>) -> Result<T, Status> {
@@ -43,6 +45,18 @@ fn reply<T: serde::Serialize>(value: &T) -> Result<Response<Payload>, Status> {
 }
 
 impl PeerService {
+    /// Refuses a request from another cluster or from a stranger. A member
+    /// that knows no membership yet (one joining) takes its cluster's word.
+    fn admit<T>(&self, request: &Request<T>, needs: Needs) -> Result<(), Status> {
+        let metrics = self.raft.metrics();
+        let is_member = |id| {
+            let metrics = metrics.borrow();
+            let membership = metrics.membership_config.membership();
+            membership.get_node(&id).is_some() || membership.nodes().next().is_none()
+        };
+        credentials::admit(request.metadata(), needs, self.cluster_id, is_member)
+    }
+
     /// Writes a snapshot stream to `data`'s file (memory stays at a chunk or
     /// two) and installs it once complete.
     async fn receive_snapshot(&self, mut stream: Streaming<Payload>, data: SnapshotData) -> Result<Response<Payload>, Status> {
@@ -66,10 +80,12 @@ impl PeerService {
 #[tonic::async_trait]
 impl Peer for PeerService {
     async fn append_entries(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        self.admit(&req, Needs::Member)?;
         reply(&self.raft.append_entries(payload(req)?).await)
     }
 
     async fn vote(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        self.admit(&req, Needs::Member)?;
         let (vote, transfer): (openraft::raft::VoteRequest<u64>, bool) = payload(req)?;
         // A removed member that missed its removal campaigns with an old
         // configuration; it must neither disturb the cluster nor stay up.
@@ -87,6 +103,7 @@ impl Peer for PeerService {
     }
 
     async fn snapshot(&self, req: Request<Streaming<Payload>>) -> Result<Response<Payload>, Status> {
+        self.admit(&req, Needs::Member)?;
         let data = self.raft.begin_receiving_snapshot().await.map_err(|e| Status::unavailable(e.to_string()))?;
         let temp = data.path.clone();
         let answer = self.receive_snapshot(req.into_inner(), *data).await;
@@ -96,32 +113,38 @@ impl Peer for PeerService {
     }
 
     async fn forward(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        self.admit(&req, Needs::Member)?;
         let command: Command = payload(req)?;
         let result: Result<CommandResult, PeerRefusal> = self.proposer.propose(command).await;
         reply(&result)
     }
 
-    async fn read_index(&self, _req: Request<Payload>) -> Result<Response<Payload>, Status> {
+    async fn read_index(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        self.admit(&req, Needs::Member)?;
         let result: Result<u64, PeerRefusal> = self.reads.read_index().await;
         reply(&result)
     }
 
     async fn lease(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        self.admit(&req, Needs::Member)?;
         let query: LeaseQuery = payload(req)?;
         reply(&self.lessor.answer(query))
     }
 
     async fn reconfigure(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        self.admit(&req, Needs::Member)?;
         let change: MemberChange = payload(req)?;
         reply(&self.members.change(change).await)
     }
 
-    async fn cluster_info(&self, _req: Request<Payload>) -> Result<Response<Payload>, Status> {
+    async fn cluster_info(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        self.admit(&req, Needs::Protocol)?;
         let info: ClusterInfo = self.members.view().await.map_err(|e| Status::internal(e.to_string()))?;
         reply(&info)
     }
 
     async fn campaign(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        self.admit(&req, Needs::Member)?;
         reply(&transfer::campaign(&self.raft, &self.peers, payload(req)?).await)
     }
 }

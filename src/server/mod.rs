@@ -6,6 +6,7 @@ mod compaction;
 mod leases;
 mod node;
 mod process;
+mod security;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,7 +17,6 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_stream::StreamExt;
-use tonic::transport::server::TcpIncoming;
 
 pub use node::{Header, Limits, Node};
 
@@ -24,7 +24,9 @@ use crate::api::authority::AuthorityRepair;
 use crate::bootstrap::InitialCluster;
 use crate::config::{ClusterState, Config, ConfigError, ListenUrl};
 use crate::raft::peerpb::peer_server::PeerServer;
+use crate::raft::dial::Dialer;
 use crate::raft::members::{ask_cluster, MemberView, JOIN_PATIENCE};
+use crate::raft::network::peer_message_limit;
 use crate::raft::snapshots::Snapshots;
 use crate::raft::{Consensus, PeerNode, RaftSettings};
 use crate::store::log::LogDb;
@@ -32,13 +34,22 @@ use crate::store::memory::MemberBudget;
 use crate::store::types::{Command, MemberInfo};
 use crate::store::Store;
 use crate::lease::Lessor;
+use crate::tls;
+use security::Security;
 use crate::watch::Hub;
 
-async fn bind(urls: &[ListenUrl], flag: &str) -> anyhow::Result<Vec<TcpListener>> {
+/// A bound listen URL.
+struct Listener {
+    url: String,
+    tcp: TcpListener,
+    tls: bool,
+}
+
+async fn bind(urls: &[ListenUrl], flag: &str) -> anyhow::Result<Vec<Listener>> {
     let mut listeners = Vec::new();
     for u in urls {
-        let l = TcpListener::bind(u.addr).await.map_err(|e| ConfigError::new(format!("{flag} {}: cannot listen: {e}", u.url)))?;
-        listeners.push(l);
+        let tcp = TcpListener::bind(u.addr).await.map_err(|e| ConfigError::new(format!("{flag} {}: cannot listen: {e}", u.url)))?;
+        listeners.push(Listener { url: u.url.clone(), tcp, tls: u.tls });
     }
     Ok(listeners)
 }
@@ -80,7 +91,7 @@ fn refuse_restarted_member(config: &Config, member: &MemberView, cluster_id: u64
 /// The plan for a member that has no data yet: for `new`, the static initial
 /// cluster (unless its peers know this member already); for `existing`, the
 /// id the running cluster gave this member when it was added.
-async fn bootstrap_plan(config: &Config) -> Result<Plan, ConfigError> {
+async fn bootstrap_plan(config: &Config, dialer: &Dialer) -> Result<Plan, ConfigError> {
     let cluster = InitialCluster::from_static(&config.initial_cluster, &config.initial_cluster_token)?;
     let id = cluster.member(&config.name, &config.initial_advertise_peer_urls)?.id;
     let mine = &config.initial_advertise_peer_urls;
@@ -90,7 +101,7 @@ async fn bootstrap_plan(config: &Config) -> Result<Plan, ConfigError> {
     match config.initial_cluster_state {
         ClusterState::New => {
             // One quick look: in a new cluster the others may not run yet.
-            if let Some(info) = ask_cluster(&others, Duration::ZERO, |_| true).await {
+            if let Some(info) = ask_cluster(&others, dialer, Duration::ZERO, |_| true).await {
                 if let Some(me) = info.members.iter().find(|m| m.id == id) {
                     refuse_restarted_member(config, me, info.cluster_id)?;
                 }
@@ -104,7 +115,7 @@ async fn bootstrap_plan(config: &Config) -> Result<Plan, ConfigError> {
                      give it the cluster's members and this one, as `etcdctl member add` prints it",
                 ));
             }
-            let info = ask_cluster(&others, JOIN_PATIENCE, |info| info.members.iter().any(|m| is_me(&m))).await;
+            let info = ask_cluster(&others, dialer, JOIN_PATIENCE, |info| info.members.iter().any(|m| is_me(&m))).await;
             let Some(info) = info else {
                 return Err(ConfigError::new(format!(
                     "--initial-cluster-state existing: no member of the cluster answered at {} within {}s",
@@ -133,9 +144,10 @@ async fn bootstrap_plan(config: &Config) -> Result<Plan, ConfigError> {
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let stop_requested = process::stop_requested().context("installing signal handlers")?;
     process::reap_orphans_if_init().context("installing the SIGCHLD handler")?;
+    let security = security::prepare(&config)?;
     let member_dir = config.data_dir.join("member");
     // Refuse a bad bootstrap before leaving anything on disk.
-    let mut plan = if member_dir.exists() { None } else { Some(bootstrap_plan(&config).await?) };
+    let mut plan = if member_dir.exists() { None } else { Some(bootstrap_plan(&config, &security.dialer).await?) };
     let snap_dir = member_dir.join("snap");
     let wal_dir = config.wal_dir.clone().unwrap_or_else(|| member_dir.join("wal"));
     let log_existed = wal_dir.join("CURRENT").exists();
@@ -156,7 +168,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         None => match plan.take() {
             Some(plan) => identity_of(plan),
-            None => identity_of(bootstrap_plan(&config).await?),
+            None => identity_of(bootstrap_plan(&config, &security.dialer).await?),
         },
     };
     if initial.is_none() && store.identity().is_none() {
@@ -175,6 +187,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         cluster_token: config.initial_cluster_token.clone(),
         strict_reconfig_check: config.strict_reconfig_check,
         max_learners: config.max_learners,
+        dialer: security.dialer.clone(),
     };
     let hub = Arc::new(Hub::new(store.revision(), memory.watch_history));
     let lessor = Arc::new(Lessor::new(store.leases()));
@@ -229,7 +242,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         stopping: stop_rx.clone(),
     });
 
-    let mut servers = serve(&node, peer_listeners, client_listeners, &stop_rx);
+    let peer_message_limit = peer_message_limit(config.max_request_bytes);
+    let mut servers = serve(&node, (peer_listeners, client_listeners), &security, peer_message_limit, &stop_rx);
     tokio::spawn(publish_self(node.clone(), config.initial_advertise_peer_urls.clone()));
     tokio::spawn(leases::keep_leases(node.clone(), config.lease_checkpoint_interval));
     tokio::spawn(promote_new_voters(node.clone()));
@@ -322,27 +336,34 @@ async fn promote_new_voters(node: Arc<Node>) {
 /// listeners until `stop` turns true.
 fn serve(
     node: &Arc<Node>,
-    peer_listeners: Vec<TcpListener>,
-    client_listeners: Vec<TcpListener>,
+    (peer_listeners, client_listeners): (Vec<Listener>, Vec<Listener>),
+    security: &Security,
+    peer_message_limit: usize,
     stop: &watch::Receiver<bool>,
 ) -> JoinSet<Result<(), tonic::transport::Error>> {
     let mut servers = JoinSet::new();
     for listener in peer_listeners {
         let service = PeerServer::new(node.consensus.peer_service())
-            .max_decoding_message_size(usize::MAX)
+            .max_decoding_message_size(peer_message_limit)
             .max_encoding_message_size(usize::MAX);
         let stop = wait_for(stop.clone());
+        let tls = security.peer.clone().filter(|_| listener.tls);
         servers.spawn(async move {
             tonic::transport::Server::builder()
                 .add_service(service)
-                .serve_with_incoming_shutdown(incoming(listener), stop)
+                .serve_with_incoming_shutdown(tls::connections(listener.tcp, tls), stop)
                 .await
         });
     }
     for listener in client_listeners {
         let routes = crate::api::client_routes(node.clone());
         let stop = wait_for(stop.clone());
-        let connections = incoming(listener).map(|accepted| accepted.map(AuthorityRepair::new));
+        let tls = security.client.clone().filter(|_| listener.tls);
+        match &tls {
+            Some(_) => tracing::info!(address = %listener.url, "serving client traffic securely"),
+            None => tracing::info!(address = %listener.url, "serving client traffic insecurely; this is strongly discouraged!"),
+        }
+        let connections = tls::connections(listener.tcp, tls).map(|accepted| accepted.map(AuthorityRepair::new));
         servers.spawn(async move {
             tonic::transport::Server::builder()
                 .accept_http1(true)
@@ -352,12 +373,6 @@ fn serve(
         });
     }
     servers
-}
-
-/// Accepted connections with Nagle off: small gRPC frames must not wait for
-/// delayed ACKs (the builder's tcp_nodelay only covers listeners it binds).
-fn incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 async fn wait_for(mut stop: watch::Receiver<bool>) {

@@ -1,6 +1,8 @@
 //! Real cairn processes on real loopback ports, and the real etcdctl.
 #![allow(dead_code)] // each test binary uses its own part of these helpers
 
+pub mod certs;
+
 use std::net::TcpListener;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
