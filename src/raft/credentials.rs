@@ -54,6 +54,11 @@ impl Interceptor for Credentials {
     }
 }
 
+/// The member id a request claims to come from.
+pub fn sender(metadata: &MetadataMap) -> Option<u64> {
+    header_id(metadata, MEMBER_HEADER)
+}
+
 fn header_id(metadata: &MetadataMap, name: &str) -> Option<u64> {
     let text = metadata.get(name)?.to_str().ok()?;
     u64::from_str_radix(text, 16).ok()

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use openraft::{Snapshot, Vote};
 use tokio::io::AsyncWriteExt;
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::members::{ClusterInfo, MemberChange, Members};
@@ -47,14 +48,28 @@ fn reply<T: serde::Serialize>(value: &T) -> Result<Response<Payload>, Status> {
 impl PeerService {
     /// Refuses a request from another cluster or from a stranger. A member
     /// that knows no membership yet (one joining) takes its cluster's word.
-    fn admit<T>(&self, request: &Request<T>, needs: Needs) -> Result<(), Status> {
+    /// A member the cluster removed is told so: it stops instead of
+    /// campaigning with its old configuration.
+    async fn admit(&self, metadata: &MetadataMap, needs: Needs) -> Result<(), Status> {
         let metrics = self.raft.metrics();
         let is_member = |id| {
             let metrics = metrics.borrow();
             let membership = metrics.membership_config.membership();
             membership.get_node(&id).is_some() || membership.nodes().next().is_none()
         };
-        credentials::admit(request.metadata(), needs, self.cluster_id, is_member)
+        let refusal = match credentials::admit(metadata, needs, self.cluster_id, is_member) {
+            Ok(()) => return Ok(()),
+            Err(refusal) => refusal,
+        };
+        let Some(sender) = credentials::sender(metadata).filter(|_| refusal.code() == tonic::Code::PermissionDenied)
+        else {
+            return Err(refusal);
+        };
+        let store = self.store.clone();
+        if tokio::task::spawn_blocking(move || store.is_removed(sender)).await.unwrap_or(false) {
+            return Err(removed_member_status(sender));
+        }
+        Err(refusal)
     }
 
     /// Writes a snapshot stream to `data`'s file (memory stays at a chunk or
@@ -80,21 +95,13 @@ impl PeerService {
 #[tonic::async_trait]
 impl Peer for PeerService {
     async fn append_entries(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
-        self.admit(&req, Needs::Member)?;
+        self.admit(req.metadata(), Needs::Member).await?;
         reply(&self.raft.append_entries(payload(req)?).await)
     }
 
     async fn vote(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
-        self.admit(&req, Needs::Member)?;
+        self.admit(req.metadata(), Needs::Member).await?;
         let (vote, transfer): (openraft::raft::VoteRequest<u64>, bool) = payload(req)?;
-        // A removed member that missed its removal campaigns with an old
-        // configuration; it must neither disturb the cluster nor stay up.
-        let candidate = vote.vote.leader_id().voted_for().unwrap_or_default();
-        let store = self.store.clone();
-        if tokio::task::spawn_blocking(move || store.is_removed(candidate)).await.unwrap_or(false) {
-            tracing::warn!(member_id = format!("{candidate:x}"), "refused a vote request from a removed member");
-            return Err(removed_member_status(candidate));
-        }
         if transfer {
             // The leader asked for this campaign: its lease must not stop it.
             clock::expire_leader_lease(Duration::from_millis(self.raft.config().election_timeout_max));
@@ -103,7 +110,7 @@ impl Peer for PeerService {
     }
 
     async fn snapshot(&self, req: Request<Streaming<Payload>>) -> Result<Response<Payload>, Status> {
-        self.admit(&req, Needs::Member)?;
+        self.admit(req.metadata(), Needs::Member).await?;
         let data = self.raft.begin_receiving_snapshot().await.map_err(|e| Status::unavailable(e.to_string()))?;
         let temp = data.path.clone();
         let answer = self.receive_snapshot(req.into_inner(), *data).await;
@@ -113,38 +120,38 @@ impl Peer for PeerService {
     }
 
     async fn forward(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
-        self.admit(&req, Needs::Member)?;
+        self.admit(req.metadata(), Needs::Member).await?;
         let command: Command = payload(req)?;
         let result: Result<CommandResult, PeerRefusal> = self.proposer.propose(command).await;
         reply(&result)
     }
 
     async fn read_index(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
-        self.admit(&req, Needs::Member)?;
+        self.admit(req.metadata(), Needs::Member).await?;
         let result: Result<u64, PeerRefusal> = self.reads.read_index().await;
         reply(&result)
     }
 
     async fn lease(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
-        self.admit(&req, Needs::Member)?;
+        self.admit(req.metadata(), Needs::Member).await?;
         let query: LeaseQuery = payload(req)?;
         reply(&self.lessor.answer(query))
     }
 
     async fn reconfigure(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
-        self.admit(&req, Needs::Member)?;
+        self.admit(req.metadata(), Needs::Member).await?;
         let change: MemberChange = payload(req)?;
         reply(&self.members.change(change).await)
     }
 
     async fn cluster_info(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
-        self.admit(&req, Needs::Protocol)?;
+        self.admit(req.metadata(), Needs::Protocol).await?;
         let info: ClusterInfo = self.members.view().await.map_err(|e| Status::internal(e.to_string()))?;
         reply(&info)
     }
 
     async fn campaign(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
-        self.admit(&req, Needs::Member)?;
+        self.admit(req.metadata(), Needs::Member).await?;
         reply(&transfer::campaign(&self.raft, &self.peers, payload(req)?).await)
     }
 }
