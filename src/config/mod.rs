@@ -333,16 +333,12 @@ impl Settings {
     /// One port's TLS settings; an https URL on the port needs a certificate.
     fn transport_security(&self, port: Port, listen: &[ListenUrl]) -> Result<TransportSecurity, ConfigError> {
         let flag = |name: &str| port.flag(name).trim_start_matches("--").to_string();
-        let (crl, client_cert_auth) = match port {
-            Port::Peer => ("peer-crl-file".to_string(), "peer-client-cert-auth".to_string()),
-            _ => ("client-crl-file".to_string(), "client-cert-auth".to_string()),
-        };
         let security = TransportSecurity {
             cert_file: self.path(&flag("cert-file")),
             key_file: self.path(&flag("key-file")),
             trusted_ca_file: self.path(&flag("trusted-ca-file")),
-            client_cert_auth: self.boolean(&client_cert_auth)?,
-            crl_file: self.path(&crl),
+            client_cert_auth: self.boolean(&flag("client-cert-auth"))?,
+            crl_file: self.path(&flag("crl-file")),
             auto_tls: self.boolean(&flag("auto-tls"))?,
             allowed: match port {
                 Port::Peer => AllowedIdentity {
@@ -354,12 +350,11 @@ impl Settings {
         };
         if let Some(u) = listen.iter().find(|u| u.tls) {
             if !security.has_certificate() {
-                let (kind, cert, key) = match port {
-                    Port::Peer => ("peer", "--peer-cert-file", "--peer-key-file"),
-                    _ => ("client", "--cert-file", "--key-file"),
-                };
                 return Err(ConfigError::new(format!(
-                    "TLS key/cert ({cert}, {key}) must be provided for {kind} url {} with HTTPS scheme",
+                    "TLS key/cert ({}, {}) must be provided for {} url {} with HTTPS scheme",
+                    port.flag("cert-file"),
+                    port.flag("key-file"),
+                    port.name(),
                     u.url
                 )));
             }

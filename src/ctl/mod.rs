@@ -60,10 +60,7 @@ fn parse_and_run(args: Vec<String>) -> CtlResult {
             words.push(arg);
             continue;
         };
-        let (name, inline) = match flag.split_once('=') {
-            Some((n, v)) => (n.to_string(), Some(v.to_string())),
-            None => (flag.to_string(), None),
-        };
+        let (name, inline) = split_flag(flag);
         let mut value = || inline.clone().or_else(|| iter.next()).ok_or(format!("flag needs an argument: --{name}"));
         if global.tls.take_flag(&name, inline.as_deref(), &mut value)? {
             continue;
@@ -130,6 +127,14 @@ fn parse_and_run(args: Vec<String>) -> CtlResult {
              snapshot restore|status",
             words.join(" ")
         )),
+    }
+}
+
+/// `name=value` or `name` (its value, if any, is the next argument).
+fn split_flag(flag: &str) -> (String, Option<String>) {
+    match flag.split_once('=') {
+        Some((name, value)) => (name.to_string(), Some(value.to_string())),
+        None => (flag.to_string(), None),
     }
 }
 
@@ -339,10 +344,7 @@ pub fn healthcheck(args: Vec<String>) -> u8 {
     let mut iter = args.into_iter();
     while let Some(arg) = iter.next() {
         let flag = arg.trim_start_matches('-');
-        let (name, inline) = match flag.split_once('=') {
-            Some((n, v)) => (n.to_string(), Some(v.to_string())),
-            None => (flag.to_string(), None),
-        };
+        let (name, inline) = split_flag(flag);
         let mut value = || inline.clone().or_else(|| iter.next()).ok_or(format!("flag needs an argument: --{name}"));
         let taken = match tls.take_flag(&name, inline.as_deref(), &mut value) {
             Ok(true) => Ok(()),

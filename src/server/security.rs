@@ -32,19 +32,23 @@ pub fn prepare(config: &Config) -> Result<Security, ConfigError> {
     let port = |port: Port, security: &TransportSecurity, hosts: Vec<String>| {
         PortTls::prepare(port, security, &config.tls_policy, &config.data_dir, &hosts).map_err(ConfigError::new)
     };
-    let client = port(
+    let serve = |tls: Option<PortTls>| tls.map(PortTls::into_server).transpose().map_err(ConfigError::new);
+    // Each port's files are checked before the next port's auto TLS
+    // certificate is made: a bad client certificate leaves nothing on disk.
+    let client = serve(port(
         Port::Client,
         &config.client_security,
         hosts(&config.listen_client_urls, &config.advertise_client_urls),
-    )?;
-    let peer = port(
+    )?)?;
+    let peer_tls = port(
         Port::Peer,
         &config.peer_security,
         hosts(&config.listen_peer_urls, &config.initial_advertise_peer_urls),
     )?;
+    let peer = serve(peer_tls.clone())?;
     let dials_https = config.initial_cluster.contains("https://")
         || config.initial_advertise_peer_urls.iter().any(|u| u.starts_with("https://"));
-    let dial = match peer.clone().map(PortTls::into_dialer) {
+    let dial = match peer_tls.map(PortTls::into_dialer) {
         Some(Ok(dial)) => Some(dial),
         Some(Err(e)) if dials_https => return Err(ConfigError::new(e)),
         Some(Err(e)) => {
@@ -59,6 +63,5 @@ pub fn prepare(config: &Config) -> Result<Security, ConfigError> {
         }
         None => None,
     };
-    let serve = |tls: Option<PortTls>| tls.map(PortTls::into_server).transpose().map_err(ConfigError::new);
-    Ok(Security { client: serve(client)?, peer: serve(peer)?, dialer: Dialer::new(dial) })
+    Ok(Security { client, peer, dialer: Dialer::new(dial) })
 }

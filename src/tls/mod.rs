@@ -43,6 +43,8 @@ impl Port {
     /// etcd's flag for `name` on this port: `--cert-file`, `--peer-cert-file`.
     pub fn flag(self, name: &str) -> String {
         match self {
+            // etcd spells the client port's CRL flag with its port's name.
+            Port::Client if name == "crl-file" => "--client-crl-file".into(),
             Port::Client => format!("--{name}"),
             Port::Peer => format!("--peer-{name}"),
             Port::Tool => match name {
@@ -54,7 +56,7 @@ impl Port {
         }
     }
 
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Port::Client => "client",
             Port::Peer => "peer",
@@ -96,8 +98,9 @@ pub struct PortTls {
 
 impl PortTls {
     /// The port's TLS, with auto TLS certificates made under `data_dir` for
-    /// `hosts`; None when the port has no certificate. Every file is read
-    /// and checked now, so a bad one stops the member at start.
+    /// `hosts`; None when the port has no certificate. Its files are read and
+    /// checked when a config is first built from it (`into_server`,
+    /// `into_dialer`), so a bad one stops the member at start.
     pub fn prepare(
         port: Port,
         security: &TransportSecurity,
@@ -119,9 +122,7 @@ impl PortTls {
         } else if security.auto_tls {
             tracing::warn!("ignoring {} since {} is given", port.flag("auto-tls"), port.flag("cert-file"));
         }
-        let tls = PortTls { port, security, policy: policy.clone(), skip_verify };
-        tls.server_config()?;
-        Ok(Some(tls))
+        Ok(Some(PortTls { port, security, policy: policy.clone(), skip_verify }))
     }
 
     /// TLS for a client tool (`cairn ctl`, `cairn healthcheck`): etcdctl's
@@ -131,9 +132,7 @@ impl PortTls {
             return Err("https endpoints need --cacert (or --insecure-skip-tls-verify)".into());
         }
         let security = TransportSecurity { cert_file: cert, key_file: key, trusted_ca_file: cacert, ..Default::default() };
-        let tls = PortTls { port: Port::Tool, security, policy: TlsPolicy::default(), skip_verify };
-        tls.client_config()?;
-        Ok(tls)
+        Ok(PortTls { port: Port::Tool, security, policy: TlsPolicy::default(), skip_verify })
     }
 
     fn flag(&self, name: &str) -> String {
@@ -282,5 +281,19 @@ impl PortTls {
 
     pub fn into_dialer(self) -> Result<Arc<DialTls>, String> {
         Reloading::new(self, PortTls::client_config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Port;
+
+    #[test]
+    fn flags_are_named_as_etcd_names_them() {
+        assert_eq!(Port::Client.flag("crl-file"), "--client-crl-file");
+        assert_eq!(Port::Peer.flag("crl-file"), "--peer-crl-file");
+        assert_eq!(Port::Client.flag("client-cert-auth"), "--client-cert-auth");
+        assert_eq!(Port::Peer.flag("client-cert-auth"), "--peer-client-cert-auth");
+        assert_eq!(Port::Tool.flag("trusted-ca-file"), "--cacert");
     }
 }
