@@ -374,3 +374,64 @@ fn members_of_another_cluster_cannot_disturb_this_one() {
     assert!(http_get(&stranger.endpoint(), "/health").is_none_or(|b| !b.contains("\"health\":\"true\"")));
     assert_eq!(etcdctl_ok(&members[1].endpoint(), &["get", "k0", "--print-value-only"]).trim(), "v");
 }
+
+/// Whether the TLS port at `addr` takes a session with this client
+/// certificate (None: none): the handshake, then HTTP/2's preface answered
+/// with the server's first frame.
+fn accepts_client(addr: &str, ca: &Pair, client: Option<&Pair>) -> bool {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_file(&ca.cert).unwrap()).unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut config = match client {
+        Some(pair) => {
+            let chain = CertificateDer::pem_file_iter(&pair.cert).unwrap().collect::<Result<Vec<_>, _>>().unwrap();
+            builder.with_client_auth_cert(chain, PrivateKeyDer::from_pem_file(&pair.key).unwrap()).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connection = rustls::ClientConnection::new(Arc::new(config), "127.0.0.1".try_into().unwrap()).unwrap();
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut tls = rustls::StreamOwned::new(connection, tcp);
+    let mut frame_header = [0u8; 9];
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").is_ok() && tls.read_exact(&mut frame_header).is_ok()
+}
+
+#[test]
+fn peer_port_takes_only_certificates_with_an_allowed_common_name_or_host_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let root = certs::openssl_ca(d, "root");
+    let member_cert = certs::openssl_cert(d, &root, "member", "member", "IP:127.0.0.1", KeyKind::Rsa, "");
+    let by_host = certs::openssl_cert(d, &root, "by-host", "other", "DNS:peer.example", KeyKind::Ecdsa, "");
+    let intruder = certs::openssl_cert(d, &root, "intruder", "intruder", "DNS:intruder.example", KeyKind::Rsa, "");
+    let extra = [
+        format!("--peer-cert-file={}", member_cert.cert()),
+        format!("--peer-key-file={}", member_cert.key()),
+        format!("--peer-trusted-ca-file={}", root.cert()),
+        "--peer-client-cert-auth".to_string(),
+        "--peer-cert-allowed-cn=member".to_string(),
+        "--peer-cert-allowed-hostname=peer.example".to_string(),
+    ];
+    let (mut member, ep) = tls_member(d, "m", &member_cert, &extra, true);
+    wait_until(Duration::from_secs(30), "the member is healthy over TLS", || {
+        Command::new(CAIRN).args(["healthcheck", "--endpoint", &ep, "--cacert", root.cert()]).status().unwrap().success()
+    });
+    let peer_addr = member.peer_url.trim_start_matches("http://").to_string();
+    assert!(accepts_client(&peer_addr, &root, Some(&member_cert)), "the allowed common name was refused");
+    assert!(accepts_client(&peer_addr, &root, Some(&by_host)), "the allowed host name was refused");
+    let before = rejections(&member);
+    assert!(!accepts_client(&peer_addr, &root, Some(&intruder)), "a certificate with neither was taken");
+    assert!(!accepts_client(&peer_addr, &root, None), "a peer without a certificate was taken");
+    wait_until(Duration::from_secs(5), "a rejected-connection line per refusal", || rejections(&member) >= before + 2);
+    let log = member.log_text();
+    let rejected: Vec<&str> = log.lines().filter(|l| l.contains("rejected connection")).collect();
+    assert!(rejected.iter().any(|l| l.contains("matches neither the allowed common names nor the allowed host names")), "{rejected:?}");
+    assert!(member.try_wait().is_none());
+}

@@ -55,10 +55,17 @@ impl AllowedIdentity {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 #[error("certificate (CN={common_name:?}) matches neither the allowed common names nor the allowed host names")]
 struct NotAllowed {
     common_name: String,
+}
+
+/// rustls logs a certificate error's cause with Debug: it reads as Display.
+impl std::fmt::Debug for NotAllowed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 /// A client verifier that also applies an `AllowedIdentity`.
