@@ -1,4 +1,4 @@
-const PROTOS: [&str; 3] = ["proto/peer.proto", "proto/v3lock.proto", "proto/v3election.proto"];
+const PROTOS: [&str; 4] = ["proto/peer.proto", "proto/v3lock.proto", "proto/v3election.proto", "proto/auth.proto"];
 
 fn main() {
     println!("cargo:rerun-if-changed=proto");

@@ -1,6 +1,7 @@
 //! cairn: an etcd-compatible, strongly consistent key-value store.
 
 pub mod api;
+pub mod auth;
 pub mod bootstrap;
 pub mod config;
 pub mod ctl;

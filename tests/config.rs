@@ -51,7 +51,16 @@ fn bad_flags_exit_1_naming_the_flag() {
     fails_with(&["--initial-cluster-state", "existing"], &[], "member add");
     fails_with(&["--snapshot-count", "x"], &[], "--snapshot-count");
     fails_with(&[], &[("ETCD_SNAPSHOT_COUNT", "x")], "for ETCD_SNAPSHOT_COUNT");
-    fails_with(&[], &[("ETCD_AUTH_TOKEN", "simple")], "ETCD_AUTH_TOKEN");
+    fails_with(&[], &[("ETCD_CORS", "*")], "ETCD_CORS");
+    fails_with(&["--bcrypt-cost", "3"], &[], "invalid value 3 for --bcrypt-cost: bcrypt's cost is 4 to 31");
+    fails_with(&[], &[("ETCD_AUTH_TOKEN_TTL", "5m")], "for ETCD_AUTH_TOKEN_TTL");
+    fails_with(&["--auth-token", "opaque"], &[], "invalid --auth-token: unknown token type \"opaque\"");
+    fails_with(&["--auth-token", "jwt"], &[], "invalid --auth-token: jwt needs sign-method");
+    fails_with(
+        &["--auth-token", "jwt,sign-method=RS256,pub-key=/no/such.pub"],
+        &[],
+        "invalid --auth-token: cannot read jwt key /no/such.pub",
+    );
     fails_with(&["--memory-budget-bytes", "1048576"], &[], "for --memory-budget-bytes: at least 16777216 (16 MiB)");
     fails_with(&[], &[("ETCD_MEMORY_BUDGET_BYTES", "64MiB")], "for ETCD_MEMORY_BUDGET_BYTES");
 }

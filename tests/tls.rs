@@ -7,7 +7,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,13 +14,8 @@ use std::time::{Duration, Instant};
 use cairn::raft::credentials::Credentials;
 use cairn::raft::peerpb::peer_client::PeerClient;
 use cairn::raft::peerpb::Payload;
-use common::certs::{self, KeyKind, Pair};
+use common::certs::{self, client_flags, tls_member, KeyKind, Pair};
 use common::*;
-
-/// etcdctl's TLS flags for a client certificate.
-fn client_flags(ca: &Pair, client: &Pair) -> Vec<String> {
-    vec![format!("--cacert={}", ca.cert()), format!("--cert={}", client.cert()), format!("--key={}", client.key())]
-}
 
 fn args(strings: &[String]) -> Vec<&str> {
     strings.iter().map(String::as_str).collect()
@@ -46,29 +40,6 @@ fn wait_until(within: Duration, what: &str, mut ready: impl FnMut() -> bool) {
 
 fn rejections(member: &Member) -> usize {
     member.log_text().matches("rejected connection").count()
-}
-
-/// A member of its own one-member cluster whose client (and, with
-/// `peer_tls`, peer) URL is https, serving `server`'s certificate.
-fn tls_member(dir: &Path, name: &str, server: &Pair, extra: &[String], peer_tls: bool) -> (Member, String) {
-    let (client, peer) = (free_port(), free_port());
-    let scheme = if peer_tls { "https" } else { "http" };
-    let peer_url = format!("{scheme}://127.0.0.1:{peer}");
-    let client_url = format!("https://127.0.0.1:{client}");
-    let mut member = Member::clustered(dir, name, client, peer, &format!("{name}=http://127.0.0.1:{peer}"));
-    member.add_args(&[
-        &format!("--listen-client-urls={client_url}"),
-        &format!("--advertise-client-urls={client_url}"),
-        &format!("--listen-peer-urls={peer_url}"),
-        &format!("--initial-advertise-peer-urls={peer_url}"),
-        &format!("--initial-cluster={name}={peer_url}"),
-        &format!("--cert-file={}", server.cert()),
-        &format!("--key-file={}", server.key()),
-    ]);
-    member.add_args(&args(extra));
-    member.client_url = client_url.clone();
-    member.start();
-    (member, client_url)
 }
 
 #[test]

@@ -53,6 +53,9 @@ pub const SUPPORTED: &[&str] = &[
     "tls-min-version",
     "tls-max-version",
     "self-signed-cert-validity",
+    "auth-token",
+    "auth-token-ttl",
+    "bcrypt-cost",
 ];
 
 /// Go boolean flags: a bare `--name` means true, and only `--name=false` sets false.
@@ -68,7 +71,7 @@ pub const BOOLEAN: &[&str] = &[
 /// etcd flags that cairn does not serve yet: named in the error rather than
 /// silently ignored.
 pub const UNSUPPORTED: &[&str] = &[
-    "auth-token", "auth-token-ttl", "bcrypt-cost", "cors", "debug",
+    "cors", "debug",
     "discovery", "discovery-fallback", "discovery-proxy", "discovery-srv", "discovery-srv-name",
     "enable-grpc-gateway", "enable-log-rotation", "enable-pprof", "enable-v2", "force-new-cluster",
     "grpc-keepalive-interval", "grpc-keepalive-min-time", "grpc-keepalive-timeout", "host-whitelist",

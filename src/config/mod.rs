@@ -82,6 +82,11 @@ pub struct Config {
     pub client_security: TransportSecurity,
     pub peer_security: TransportSecurity,
     pub tls_policy: TlsPolicy,
+    /// `--auth-token`: `simple`, or `jwt,…` with its options.
+    pub auth_token: String,
+    /// How long a simple token lives unused.
+    pub auth_token_ttl: Duration,
+    pub bcrypt_cost: u32,
     /// Notes for the log once it is set up: flags that beat an environment
     /// variable, and environment variables that mean nothing to cairn.
     pub notices: Vec<String>,
@@ -376,7 +381,7 @@ impl Settings {
 
 /// Go's time.ParseDuration for non-negative values: a sequence of decimal
 /// numbers, each with a unit (ns, us, µs, ms, s, m, h); "0" alone is allowed.
-fn parse_go_duration(text: &str) -> Option<Duration> {
+pub fn parse_go_duration(text: &str) -> Option<Duration> {
     if text == "0" {
         return Some(Duration::ZERO);
     }
@@ -524,6 +529,13 @@ impl Config {
         notices.extend(tls_policy.notice.clone());
         let client_security = s.transport_security(Port::Client, &listen_client_urls)?;
         let peer_security = s.transport_security(Port::Peer, &listen_peer_urls)?;
+        let bcrypt_cost = s.number("bcrypt-cost", 10)?;
+        if !(4..=31).contains(&bcrypt_cost) {
+            return Err(ConfigError::new(format!(
+                "invalid value {bcrypt_cost} for {}: bcrypt's cost is 4 to 31",
+                s.origin("bcrypt-cost")
+            )));
+        }
         // Accepted for etcd's command lines; cairn always checkpoints leases.
         s.one_of("experimental-enable-lease-checkpoint", "true", &["true", "false"])?;
         Ok(Config {
@@ -561,6 +573,10 @@ impl Config {
             client_security,
             peer_security,
             tls_policy,
+            auth_token: s.string("auth-token", "simple"),
+            // As etcd: zero keeps the default.
+            auth_token_ttl: Duration::from_secs(Some(s.number("auth-token-ttl", 300)?).filter(|t| *t > 0).unwrap_or(300)),
+            bcrypt_cost: bcrypt_cost as u32,
             name,
             data_dir,
             notices,

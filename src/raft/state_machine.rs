@@ -50,7 +50,7 @@ impl StateMachine {
             self.hub.publish(changes);
         }
         if result.outcome.is_ok() {
-            match command {
+            match command.map(Command::unwrapped) {
                 Some(Command::LeaseGrant { id, ttl }) => self.lessor.granted(*id, *ttl),
                 Some(Command::LeaseRevoke { id }) => self.lessor.revoked(*id),
                 Some(Command::LeaseCheckpoint(remaining)) => self.lessor.checkpointed(remaining),

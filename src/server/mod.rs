@@ -145,6 +145,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let stop_requested = process::stop_requested().context("installing signal handlers")?;
     process::reap_orphans_if_init().context("installing the SIGCHLD handler")?;
     let security = security::prepare(&config)?;
+    let authenticator = security::authenticator(&config)?;
     let member_dir = config.data_dir.join("member");
     // Refuse a bad bootstrap before leaving anything on disk.
     let mut plan = if member_dir.exists() { None } else { Some(bootstrap_plan(&config, &security.dialer).await?) };
@@ -156,6 +157,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let memory = MemberBudget::of(config.memory_budget_bytes);
     let store = Arc::new(Store::open(&snap_dir.join("db"), &memory.state)?);
+    store.auth.set_simple_token_ttl(config.auth_token_ttl);
     let snapshots = Arc::new(Snapshots::open(snap_dir.join("raft")).context("raft snapshots")?);
     snapshots.finish_interrupted_install(&store)?;
     let log = LogDb::open(&wal_dir, &memory.log).with_context(|| format!("raft log in {}", wal_dir.display()))?;
@@ -239,6 +241,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         hub,
         lessor,
         consensus,
+        authenticator,
         stopping: stop_rx.clone(),
     });
 

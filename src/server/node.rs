@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::auth::tokens::TokenKind;
+use crate::auth::{Access, Authenticator, Caller};
 use crate::raft::Consensus;
 use crate::store::types::{Command, CommandResult, KvError, OpResult, RangeArgs, RangeResult, TxnArgs};
 use crate::store::maintenance::ALARM_NOSPACE;
@@ -32,6 +34,7 @@ pub struct Node {
     pub hub: Arc<Hub>,
     pub lessor: Arc<Lessor>,
     pub consensus: Consensus,
+    pub authenticator: Authenticator,
     /// Turns true when the member begins to stop: long-lived streams end.
     pub stopping: watch::Receiver<bool>,
 }
@@ -74,27 +77,72 @@ impl Node {
             .map_err(|e| KvError::Internal(e.to_string()))?
     }
 
+    /// Who sent a request that brought `token`, or came over a connection
+    /// whose verified client certificate names `common_name`. A simple
+    /// token this member does not know may be one the log has handed out
+    /// but this member not yet applied: it is asked about again once the
+    /// member has caught up.
+    pub async fn identify(&self, token: Option<String>, common_name: Option<String>) -> Result<Caller, KvError> {
+        let identify = || self.authenticator.identify(&self.store.auth, token.as_deref(), common_name.clone());
+        match identify() {
+            Err(KvError::InvalidAuthToken) if matches!(self.authenticator.tokens, TokenKind::Simple) => {
+                self.consensus.read_barrier().await?;
+                identify()
+            }
+            identified => identified,
+        }
+    }
+
     /// A Range: linearizable (after a ReadIndex barrier) unless serializable.
-    pub async fn range(&self, args: RangeArgs, serializable: bool) -> Result<(RangeResult, i64), KvError> {
+    /// Permissions are checked after the barrier, against an auth state at
+    /// least as new as the request.
+    pub async fn range(&self, caller: &Caller, args: RangeArgs, serializable: bool) -> Result<(RangeResult, i64), KvError> {
         if !serializable {
             self.consensus.read_barrier().await?;
         }
+        self.store.auth.state().check_keys(caller.user(), &args.key, &args.range_end, Access::Read)?;
         self.on_store(move |s| s.range(&args)).await
     }
 
     /// A Txn that only reads: evaluated locally after a ReadIndex barrier, so
     /// compare-only transactions are linearizable too.
-    pub async fn read_txn(&self, args: TxnArgs, serializable: bool) -> Result<(OpResult, i64), KvError> {
+    pub async fn read_txn(&self, caller: &Caller, args: TxnArgs, serializable: bool) -> Result<(OpResult, i64), KvError> {
         if !serializable {
             self.consensus.read_barrier().await?;
         }
+        self.store.auth.state().check_txn(caller.user(), &args)?;
         self.on_store(move |s| s.read_txn(&args)).await
     }
 
-    /// The keys attached to lease `id`, read linearizably.
-    pub async fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, KvError> {
+    /// The keys attached to lease `id`, read linearizably; `caller` must be
+    /// able to read them all.
+    pub async fn lease_keys(&self, caller: &Caller, id: i64) -> Result<Vec<Vec<u8>>, KvError> {
         self.consensus.read_barrier().await?;
-        self.on_store(move |s| s.lease_keys(id)).await
+        let keys = self.on_store(move |s| s.lease_keys(id)).await?;
+        let auth = self.store.auth.state();
+        keys.iter().try_for_each(|key| auth.check_keys(caller.user(), key, &[], Access::Read))?;
+        Ok(keys)
+    }
+
+    /// With auth on, that `caller` may `access` every key attached to lease
+    /// `id`, as etcd asks of whoever keeps a lease alive or lists leases.
+    pub async fn check_lease_keys(&self, caller: &Caller, id: i64, access: Access) -> Result<(), KvError> {
+        let auth = self.store.auth.state();
+        if auth.check_admin(caller.user()).is_ok() {
+            return Ok(());
+        }
+        auth.check_user(caller.user())?;
+        let keys = self.on_store(move |s| s.lease_keys(id)).await?;
+        keys.iter().try_for_each(|key| auth.check_keys(caller.user(), key, &[], access))
+    }
+
+    /// Commits a client's command. With auth on, the command carries its
+    /// user through the log and is checked when it is applied.
+    pub async fn write_as(&self, caller: &Caller, command: Command) -> Result<CommandResult, KvError> {
+        match &caller.user {
+            Some(user) => self.write(Command::Authorized { user: user.clone(), command: Box::new(command) }).await,
+            None => self.write(command).await,
+        }
     }
 
     /// Every lease's id, read linearizably.
@@ -107,7 +155,7 @@ impl Node {
     /// a NOSPACE alarm is raised through Raft, and while it is, every member
     /// refuses commands that add data (until `alarm disarm`).
     pub async fn write(&self, command: Command) -> Result<CommandResult, KvError> {
-        let adds_data = matches!(&command, Command::Write(op) if op.adds_data());
+        let adds_data = command.adds_data();
         if adds_data && self.store.out_of_space() {
             return Err(KvError::NoSpace);
         }

@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use crate::auth::tokens::TokenKind;
+use crate::auth::Authenticator;
 use crate::config::{Config, ConfigError, ListenUrl};
 use crate::raft::dial::Dialer;
 use crate::tls::{Port, PortTls, ServerTls, TransportSecurity};
@@ -64,4 +66,11 @@ pub fn prepare(config: &Config) -> Result<Security, ConfigError> {
         None => None,
     };
     Ok(Security { client, peer, dialer: Dialer::new(dial) })
+}
+
+/// How the member signs clients in: `--auth-token` (its JWT keys are read
+/// here, so a bad one stops the member at start) and `--bcrypt-cost`.
+pub fn authenticator(config: &Config) -> Result<Authenticator, ConfigError> {
+    let tokens = TokenKind::parse(&config.auth_token).map_err(|e| ConfigError::new(format!("invalid --auth-token: {e}")))?;
+    Ok(Authenticator { tokens, bcrypt_cost: config.bcrypt_cost })
 }

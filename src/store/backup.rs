@@ -28,9 +28,10 @@ pub const CHUNK_BYTES: usize = 64 * 1024;
 /// Restored rows go into table files of about this size.
 const TABLE_BYTES: u64 = 64 * 1024 * 1024;
 
-/// Of the meta rows, those that describe the data; the others (identity,
-/// Raft state, members, alarms) belong to the old cluster.
-const DATA_META: [&[u8]; 3] = [keys::META_REVISION, keys::META_COMPACT_REVISION, keys::META_PHYSICALLY_COMPACTED];
+/// Of the meta rows, those that describe the data and its users; the others
+/// (identity, Raft state, members, alarms) belong to the old cluster.
+const DATA_META: [&[u8]; 4] =
+    [keys::META_REVISION, keys::META_COMPACT_REVISION, keys::META_PHYSICALLY_COMPACTED, keys::META_AUTH];
 
 /// What `snapshot status` reports.
 pub struct BackupStatus {
@@ -83,7 +84,7 @@ impl Store {
         self.installing.store(true, Ordering::SeqCst);
         let result = self.replace_state(&mut rows, raft_state).map_err(|e| e.to_string());
         self.installing.store(false, Ordering::SeqCst);
-        self.load_revisions();
+        self.load_revisions().map_err(|e| e.to_string())?;
         result
     }
 
@@ -256,7 +257,7 @@ pub fn restore_backup(path: &Path, db_dir: &Path) -> Result<(Store, BackupStatus
     let store = Store::open(db_dir, &super::memory::MemberBudget::default().state).map_err(|e| e.to_string())?;
     load_rows(&mut rows, &store, |cf, key| cf != Cfs::META || DATA_META.contains(&key))?;
     store.sync().map_err(|e| e.to_string())?;
-    store.load_revisions();
+    store.load_revisions().map_err(|e| e.to_string())?;
     Ok((store, status))
 }
 

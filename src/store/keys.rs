@@ -136,6 +136,9 @@ pub const META_RESTORED_MEMBERS: &[u8] = b"restored_members";
 /// Present while a snapshot from the leader replaces the state.
 pub const META_INSTALLING: &[u8] = b"installing_snapshot";
 pub const MEMBER_PREFIX: &[u8] = b"member/";
+/// The auth state (users, roles, whether auth is on), as one record: it is
+/// small, and every change to it is rare.
+pub const META_AUTH: &[u8] = b"auth";
 
 /// Members added as voters that serve as learners until they catch up.
 pub const PENDING_VOTER_PREFIX: &[u8] = b"pending_voter/";

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 use rocksdb::{ColumnFamilyDescriptor, IteratorMode, WriteBatch, WriteOptions, DB};
 
+use crate::auth::{AuthChange, AuthState, Registry};
 use keys::{decode_i64, META_COMPACT_REVISION, META_REVISION};
 use types::{
     Change, Command, CommandResult, KvError, MemberInfo, Op, OpResult, RangeArgs, RangeResult, RevisionChanges, TxnArgs,
@@ -58,10 +59,10 @@ fn attached_keys(db: &DB, id: i64) -> Result<Vec<Vec<u8>>, KvError> {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("state database {path}: {source}")]
+#[error("state database {path}: {reason}")]
 pub struct OpenError {
     path: String,
-    source: rocksdb::Error,
+    reason: String,
 }
 
 pub struct Store {
@@ -77,6 +78,8 @@ pub struct Store {
     nospace: AtomicBool,
     /// A snapshot from the leader is replacing the state: reads would see a mix.
     installing: AtomicBool,
+    /// The auth state as last applied, for checks that must not read the database.
+    pub auth: Registry,
 }
 
 /// The state database's options, for its column families and the table
@@ -92,7 +95,7 @@ impl Store {
         let opts = state_options(budget);
         let cfs = Cfs::ALL.iter().map(|n| ColumnFamilyDescriptor::new(*n, opts.clone()));
         let db = DB::open_cf_descriptors(&opts, dir, cfs)
-            .map_err(|source| OpenError { path: dir.display().to_string(), source })?;
+            .map_err(|e| OpenError { path: dir.display().to_string(), reason: e.to_string() })?;
         let store = Store {
             db,
             options: opts,
@@ -101,8 +104,9 @@ impl Store {
             physically_compacted: tokio::sync::watch::channel(0).0,
             nospace: AtomicBool::new(false),
             installing: AtomicBool::new(false),
+            auth: Registry::new(AuthState::default()),
         };
-        store.load_revisions();
+        store.load_revisions().map_err(|e| OpenError { path: dir.display().to_string(), reason: e.to_string() })?;
         Ok(store)
     }
 
@@ -110,12 +114,18 @@ impl Store {
         self.get_meta(key).map_or(0, |v| decode_i64(&v))
     }
 
-    fn load_revisions(&self) {
+    /// Reads what is kept in memory of the state database: revisions, alarms, auth.
+    fn load_revisions(&self) -> Result<(), KvError> {
         // A fresh store is at revision 1, as etcd's is.
         self.revision.store(self.meta_i64(META_REVISION).max(1), Ordering::SeqCst);
         self.compact_revision.send_replace(self.meta_i64(META_COMPACT_REVISION));
         self.physically_compacted.send_replace(self.physically_compacted());
         self.load_alarms();
+        // A record that cannot be read must stop the member: taking it as
+        // "no auth" would open every key to everyone.
+        let auth = self.get_meta(keys::META_AUTH).map(|v| decode::<AuthState>(&v)).transpose()?;
+        self.auth.replace(auth.unwrap_or_default());
+        Ok(())
     }
 
     pub fn revision(&self) -> i64 {
@@ -179,31 +189,11 @@ impl Store {
             compact_revision: self.compact_revision(),
         };
         let mut exec = apply::Execution::new(view);
+        let mut auth_applied = None;
         let outcome = match command {
             // Blank and membership entries only move the applied log id.
             None => Ok(OpResult::Done),
-            Some(Command::Write(op)) => exec.execute(op),
-            Some(Command::Compact { revision, .. }) => exec.compact(*revision).map(|()| OpResult::Done),
-            Some(Command::PublishMember(member)) => {
-                exec.batch.put_cf(Cfs::handle(&self.db, Cfs::META), keys::member_key(member.id), keys::encode(member));
-                Ok(OpResult::Done)
-            }
-            Some(Command::LeaseGrant { id, ttl }) => exec.grant_lease(*id, *ttl).map(|()| OpResult::Done),
-            Some(Command::LeaseRevoke { id }) => exec.revoke_lease(*id).map(|()| OpResult::Done),
-            Some(Command::LeaseCheckpoint(remaining)) => exec.checkpoint_leases(remaining).map(|()| OpResult::Done),
-            Some(Command::Alarm { activate, member_id, alarm }) => {
-                let (meta, key) = (Cfs::handle(&self.db, Cfs::META), keys::alarm_key(*member_id, *alarm));
-                if *activate {
-                    exec.batch.put_cf(meta, key, []);
-                } else {
-                    exec.batch.delete_cf(meta, key);
-                }
-                Ok(OpResult::Done)
-            }
-            Some(Command::MarkPendingVoter { id }) => {
-                exec.batch.put_cf(Cfs::handle(&self.db, Cfs::META), keys::pending_voter_key(*id), []);
-                Ok(OpResult::Done)
-            }
+            Some(command) => self.execute(&mut exec, command, None, &mut auth_applied),
         };
         if let Err(KvError::Internal(e)) = &outcome {
             // Storage trouble, not a client mistake: applying on would let
@@ -225,7 +215,7 @@ impl Store {
         }
         self.write(batch)?;
         self.revision.store(revision, Ordering::SeqCst);
-        if let Some(Command::Compact { revision: c, .. }) = command {
+        if let Some(Command::Compact { revision: c, .. }) = command.map(Command::unwrapped) {
             if outcome.is_ok() {
                 self.compact_revision.send_replace(*c);
             }
@@ -233,8 +223,64 @@ impl Store {
         if matches!(command, Some(Command::Alarm { .. })) {
             self.load_alarms();
         }
+        if let (Some((change, state)), Ok(_)) = (auth_applied, &outcome) {
+            self.auth.applied(change, state);
+        }
         let changes = (!exec.changes.is_empty()).then_some(RevisionChanges { revision, changes: exec.changes });
         Ok((CommandResult { revision, outcome }, changes))
+    }
+
+    /// Executes one command into `exec`'s batch. `user` is the client's
+    /// user when auth was on as it was proposed; an auth change leaves the
+    /// state it makes in `auth_applied`, to take effect once written.
+    fn execute<'c>(
+        &self,
+        exec: &mut apply::Execution<'_>,
+        command: &'c Command,
+        user: Option<&str>,
+        auth_applied: &mut Option<(&'c AuthChange, AuthState)>,
+    ) -> Result<OpResult, KvError> {
+        let meta = Cfs::handle(&self.db, Cfs::META);
+        match command {
+            Command::Authorized { user, command } => {
+                self.auth.state().check_command(Some(user), command, |id| attached_keys(&self.db, id))?;
+                self.execute(exec, command, Some(user), auth_applied)
+            }
+            Command::Write(op) => {
+                if user.is_none() && self.auth.state().enabled {
+                    // Proposed before auth was turned on, applied after.
+                    return Err(KvError::UserEmpty);
+                }
+                exec.execute(op)
+            }
+            Command::Compact { revision, .. } => exec.compact(*revision).map(|()| OpResult::Done),
+            Command::PublishMember(member) => {
+                exec.batch.put_cf(meta, keys::member_key(member.id), keys::encode(member));
+                Ok(OpResult::Done)
+            }
+            Command::LeaseGrant { id, ttl } => exec.grant_lease(*id, *ttl).map(|()| OpResult::Done),
+            Command::LeaseRevoke { id } => exec.revoke_lease(*id).map(|()| OpResult::Done),
+            Command::LeaseCheckpoint(remaining) => exec.checkpoint_leases(remaining).map(|()| OpResult::Done),
+            Command::Alarm { activate, member_id, alarm } => {
+                let key = keys::alarm_key(*member_id, *alarm);
+                if *activate {
+                    exec.batch.put_cf(meta, key, []);
+                } else {
+                    exec.batch.delete_cf(meta, key);
+                }
+                Ok(OpResult::Done)
+            }
+            Command::MarkPendingVoter { id } => {
+                exec.batch.put_cf(meta, keys::pending_voter_key(*id), []);
+                Ok(OpResult::Done)
+            }
+            Command::Auth { caller, change } => {
+                let state = self.auth.state().changed(caller.as_deref(), change)?;
+                exec.batch.put_cf(meta, keys::META_AUTH, keys::encode(&state));
+                *auth_applied = Some((change, state));
+                Ok(OpResult::Done)
+            }
+        }
     }
 
     /// The changes of revisions `from..=to` from the history, oldest first,

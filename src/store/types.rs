@@ -178,6 +178,11 @@ pub enum Command {
     MarkPendingVoter { id: u64 },
     /// Raises (or clears) alarm `alarm` of member `member_id`, on every member alike.
     Alarm { activate: bool, member_id: u64, alarm: u8 },
+    /// A change to users, roles or auth itself, asked for by `caller`.
+    Auth { caller: Option<String>, change: crate::auth::AuthChange },
+    /// A client's command made while auth was on: applied only if `user`
+    /// may do it by the auth state of the moment it is applied.
+    Authorized { user: String, command: Box<Command> },
 }
 
 /// The state machine's answer to one committed command.
@@ -253,6 +258,40 @@ pub enum KvError {
     BadLeaderTransferee,
     #[error("etcdserver: request timed out, leader transfer took too long")]
     LeaderTransferTimeout,
+    #[error("etcdserver: root user does not exist")]
+    RootUserNotExist,
+    #[error("etcdserver: root user does not have root role")]
+    RootRoleNotExist,
+    #[error("etcdserver: user name already exists")]
+    UserAlreadyExist,
+    #[error("etcdserver: user name is empty")]
+    UserEmpty,
+    #[error("etcdserver: user name not found")]
+    UserNotFound,
+    #[error("etcdserver: role name already exists")]
+    RoleAlreadyExist,
+    #[error("etcdserver: role name not found")]
+    RoleNotFound,
+    #[error("etcdserver: role name is empty")]
+    RoleEmpty,
+    #[error("etcdserver: authentication failed, invalid user ID or password")]
+    AuthFailed,
+    #[error("etcdserver: permission not given")]
+    PermissionNotGiven,
+    #[error("etcdserver: permission denied")]
+    PermissionDenied,
+    #[error("etcdserver: role is not granted to the user")]
+    RoleNotGranted,
+    #[error("etcdserver: permission is not granted to the role")]
+    PermissionNotGranted,
+    #[error("etcdserver: authentication is not enabled")]
+    AuthNotEnabled,
+    #[error("etcdserver: invalid auth token")]
+    InvalidAuthToken,
+    #[error("etcdserver: invalid auth management")]
+    InvalidAuthMgmt,
+    #[error("etcdserver: revision of auth store is old")]
+    AuthOldRevision,
 }
 
 impl Op {
@@ -281,12 +320,32 @@ impl Command {
         match self {
             Command::Write(op) => op_bytes(op),
             Command::LeaseCheckpoint(list) => 16 * list.len(),
+            Command::Authorized { command, .. } => command.payload_bytes(),
             Command::Compact { .. }
             | Command::PublishMember(_)
             | Command::LeaseGrant { .. }
             | Command::LeaseRevoke { .. }
             | Command::MarkPendingVoter { .. }
-            | Command::Alarm { .. } => 64,
+            | Command::Alarm { .. }
+            | Command::Auth { .. } => 64,
+        }
+    }
+}
+
+impl Command {
+    /// True when a client's command may add data (see `Op::adds_data`).
+    pub fn adds_data(&self) -> bool {
+        match self.unwrapped() {
+            Command::Write(op) => op.adds_data(),
+            _ => false,
+        }
+    }
+
+    /// The command itself, without the user an `Authorized` one carries.
+    pub fn unwrapped(&self) -> &Command {
+        match self {
+            Command::Authorized { command, .. } => command.unwrapped(),
+            command => command,
         }
     }
 }

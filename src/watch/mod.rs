@@ -6,4 +6,4 @@ mod hub;
 mod session;
 
 pub use hub::Hub;
-pub use session::{CreateArgs, Output, Request, Session, SessionSettings};
+pub use session::{CreateArgs, Output, Request, Session, SessionSettings, WatchPermission};

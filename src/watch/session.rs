@@ -96,23 +96,35 @@ impl Watcher {
 /// The client went away.
 struct Gone;
 
+/// Whether the stream's caller may watch `[key, range_end)`; Err holds the
+/// reason a refused create reports.
+pub type WatchPermission = Box<dyn Fn(&[u8], &[u8]) -> Result<(), String> + Send + Sync>;
+
 pub struct Session {
     hub: Arc<Hub>,
     store: Arc<Store>,
     out: Outbound,
     settings: SessionSettings,
+    permitted: WatchPermission,
     watchers: BTreeMap<i64, Watcher>,
     next_watch_id: i64,
     progress_requested: bool,
 }
 
 impl Session {
-    pub fn new(hub: Arc<Hub>, store: Arc<Store>, out: Outbound, settings: SessionSettings) -> Session {
+    pub fn new(
+        hub: Arc<Hub>,
+        store: Arc<Store>,
+        out: Outbound,
+        settings: SessionSettings,
+        permitted: WatchPermission,
+    ) -> Session {
         Session {
             hub,
             store,
             out,
             settings,
+            permitted,
             watchers: BTreeMap::new(),
             next_watch_id: 0,
             progress_requested: false,
@@ -191,6 +203,10 @@ impl Session {
         }
         if args.start_revision < 0 {
             return self.send(refuse(&KvError::Compacted.to_string())).await;
+        }
+        // As etcd: checked once, when the watcher is made.
+        if let Err(reason) = (self.permitted)(&args.key, &args.range_end) {
+            return self.send(refuse(&reason)).await;
         }
         let watch_id = if args.watch_id != 0 {
             if self.watchers.contains_key(&args.watch_id) {

@@ -140,3 +140,31 @@ pub fn openssl_expired(dir: &Path, ca: &Pair, name: &str) -> Pair {
 
 /// The extensions that make an openssl certificate an intermediate CA.
 pub const INTERMEDIATE_CA: &str = "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign";
+
+/// etcdctl's TLS flags for a client certificate.
+pub fn client_flags(ca: &Pair, client: &Pair) -> Vec<String> {
+    vec![format!("--cacert={}", ca.cert()), format!("--cert={}", client.cert()), format!("--key={}", client.key())]
+}
+
+/// A member of its own one-member cluster whose client (and, with
+/// `peer_tls`, peer) URL is https, serving `server`'s certificate.
+pub fn tls_member(dir: &Path, name: &str, server: &Pair, extra: &[String], peer_tls: bool) -> (super::Member, String) {
+    let (client, peer) = (super::free_port(), super::free_port());
+    let scheme = if peer_tls { "https" } else { "http" };
+    let peer_url = format!("{scheme}://127.0.0.1:{peer}");
+    let client_url = format!("https://127.0.0.1:{client}");
+    let mut member = super::Member::clustered(dir, name, client, peer, &format!("{name}=http://127.0.0.1:{peer}"));
+    member.add_args(&[
+        &format!("--listen-client-urls={client_url}"),
+        &format!("--advertise-client-urls={client_url}"),
+        &format!("--listen-peer-urls={peer_url}"),
+        &format!("--initial-advertise-peer-urls={peer_url}"),
+        &format!("--initial-cluster={name}={peer_url}"),
+        &format!("--cert-file={}", server.cert()),
+        &format!("--key-file={}", server.key()),
+    ]);
+    member.add_args(&extra.iter().map(String::as_str).collect::<Vec<_>>());
+    member.client_url = client_url.clone();
+    member.start();
+    (member, client_url)
+}

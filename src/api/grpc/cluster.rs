@@ -10,7 +10,7 @@ use etcd_client::proto::{
 };
 use tonic::{Request, Response, Status};
 
-use super::{header, status};
+use super::{header, require_admin, require_user, status};
 use crate::raft::members::{MemberChange, MemberView};
 use crate::server::Node;
 
@@ -50,6 +50,7 @@ fn to_pb_member(m: MemberView) -> PbMember {
 #[tonic::async_trait]
 impl PbClusterService for ClusterService {
     async fn member_add(&self, request: Request<PbMemberAddRequest>) -> Result<Response<PbMemberAddResponse>, Status> {
+        require_admin(&self.node, &request).await?;
         let request = request.into_inner();
         let change = MemberChange::Add { peer_urls: request.peer_ur_ls, learner: request.is_learner };
         let (id, members) = self.change(change).await?;
@@ -61,6 +62,7 @@ impl PbClusterService for ClusterService {
         &self,
         request: Request<PbMemberRemoveRequest>,
     ) -> Result<Response<PbMemberRemoveResponse>, Status> {
+        require_admin(&self.node, &request).await?;
         let (_, members) = self.change(MemberChange::Remove { id: request.get_ref().id }).await?;
         Ok(Response::new(PbMemberRemoveResponse { header: self.header(), members }))
     }
@@ -69,12 +71,14 @@ impl PbClusterService for ClusterService {
         &self,
         request: Request<PbMemberUpdateRequest>,
     ) -> Result<Response<PbMemberUpdateResponse>, Status> {
+        require_admin(&self.node, &request).await?;
         let request = request.into_inner();
         let (_, members) = self.change(MemberChange::Update { id: request.id, peer_urls: request.peer_ur_ls }).await?;
         Ok(Response::new(PbMemberUpdateResponse { header: self.header(), members }))
     }
 
     async fn member_list(&self, request: Request<PbMemberListRequest>) -> Result<Response<PbMemberListResponse>, Status> {
+        require_user(&self.node, &request).await?;
         let members = self.members(request.get_ref().linearizable).await?;
         Ok(Response::new(PbMemberListResponse { header: self.header(), members }))
     }
@@ -83,6 +87,7 @@ impl PbClusterService for ClusterService {
         &self,
         request: Request<PbMemberPromoteRequest>,
     ) -> Result<Response<PbMemberPromoteResponse>, Status> {
+        require_admin(&self.node, &request).await?;
         let (_, members) = self.change(MemberChange::Promote { id: request.get_ref().id }).await?;
         Ok(Response::new(PbMemberPromoteResponse { header: self.header(), members }))
     }

@@ -10,7 +10,8 @@ use etcd_client::proto::{
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use super::{header, status, to_pb_kv, unimplemented};
+use super::{caller, header, status, to_pb_kv, unimplemented};
+use crate::auth::Caller;
 use crate::server::Node;
 use crate::store::check_duplicate_keys;
 use crate::store::types::{
@@ -35,8 +36,8 @@ impl KvService {
     }
 
     /// Commits a write and returns its result and revision.
-    async fn commit(&self, op: Op) -> Result<(OpResult, i64), Status> {
-        let result = self.node.write(Command::Write(op)).await.map_err(status)?;
+    async fn commit(&self, caller: &Caller, op: Op) -> Result<(OpResult, i64), Status> {
+        let result = self.node.write_as(caller, Command::Write(op)).await.map_err(status)?;
         let outcome = result.outcome.map_err(status)?;
         Ok((outcome, result.revision))
     }
@@ -205,10 +206,11 @@ fn txn_response(node: &Node, result: OpResult, revision: i64) -> PbTxnResponse {
 #[tonic::async_trait]
 impl PbKvService for KvService {
     async fn range(&self, request: Request<PbRangeRequest>) -> Result<Response<PbRangeResponse>, Status> {
+        let caller = caller(&self.node, &request).await?;
         let r = request.into_inner();
         let serializable = r.serializable;
         let args = checked_range_args(r).map_err(status)?;
-        let (result, revision) = self.node.range(args, serializable).await.map_err(status)?;
+        let (result, revision) = self.node.range(&caller, args, serializable).await.map_err(status)?;
         Ok(Response::new(range_response(&self.node, result, revision)))
     }
 
@@ -220,15 +222,17 @@ impl PbKvService for KvService {
 
     async fn put(&self, request: Request<PbPutRequest>) -> Result<Response<PbPutResponse>, Status> {
         self.check_size(request.get_ref())?;
+        let caller = caller(&self.node, &request).await?;
         let args = put_args(request.into_inner()).map_err(status)?;
-        let (result, revision) = self.commit(Op::Put(args)).await?;
+        let (result, revision) = self.commit(&caller, Op::Put(args)).await?;
         let OpResult::Put { prev_kv } = result else { unreachable!("a put yields a put result") };
         Ok(Response::new(PbPutResponse { header: header(&self.node, revision), prev_kv: prev_kv.map(to_pb_kv) }))
     }
 
     async fn delete_range(&self, request: Request<PbDeleteRequest>) -> Result<Response<PbDeleteResponse>, Status> {
+        let caller = caller(&self.node, &request).await?;
         let args = delete_args(request.into_inner()).map_err(status)?;
-        let (result, revision) = self.commit(Op::Delete(args)).await?;
+        let (result, revision) = self.commit(&caller, Op::Delete(args)).await?;
         let OpResult::Delete { deleted, prev_kvs } = result else { unreachable!("a delete yields a delete result") };
         Ok(Response::new(PbDeleteResponse {
             header: header(&self.node, revision),
@@ -239,21 +243,25 @@ impl PbKvService for KvService {
 
     async fn txn(&self, request: Request<PbTxnRequest>) -> Result<Response<PbTxnResponse>, Status> {
         self.check_size(request.get_ref())?;
+        let caller = caller(&self.node, &request).await?;
         let args = txn_args(request.into_inner(), self.node.limits.max_txn_ops).map_err(status)?;
         check_duplicate_keys(&args).map_err(status)?;
         let (result, revision) = if args.is_read_only() {
-            self.node.read_txn(args, false).await.map_err(status)?
+            self.node.read_txn(&caller, args, false).await.map_err(status)?
         } else {
-            self.commit(Op::Txn(args)).await?
+            self.commit(&caller, Op::Txn(args)).await?
         };
         Ok(Response::new(txn_response(&self.node, result, revision)))
     }
 
     async fn compact(&self, request: Request<PbCompactionRequest>) -> Result<Response<PbCompactionResponse>, Status> {
+        let caller = caller(&self.node, &request).await?;
+        // Compaction drops everyone's history: etcd (3.5.28 on) leaves it to root.
+        self.node.store.auth.state().check_admin(caller.user()).map_err(status)?;
         let r = request.into_inner();
         let result = self
             .node
-            .write(Command::Compact { revision: r.revision, physical: r.physical })
+            .write_as(&caller, Command::Compact { revision: r.revision, physical: r.physical })
             .await
             .map_err(status)?;
         if r.physical {

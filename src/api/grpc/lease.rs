@@ -15,7 +15,8 @@ use futures::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{header, status};
+use super::{caller, header, status};
+use crate::auth::Access;
 use crate::lease::{LeaseQuery, MAX_TTL};
 use crate::server::Node;
 use crate::store::types::{Command, KvError};
@@ -45,19 +46,21 @@ type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<PbLeaseKeepAliveResponse
 #[tonic::async_trait]
 impl PbLeaseService for LeaseService {
     async fn lease_grant(&self, request: Request<PbLeaseGrantRequest>) -> Result<Response<PbLeaseGrantResponse>, Status> {
+        let caller = caller(&self.node, &request).await?;
         let r = request.into_inner();
         if r.ttl > MAX_TTL {
             return Err(status(KvError::LeaseTtlTooLarge));
         }
         let ttl = r.ttl.max(self.node.limits.min_lease_ttl);
         let id = if r.id == 0 { self.new_lease_id() } else { r.id };
-        let result = self.node.write(Command::LeaseGrant { id, ttl }).await.map_err(status)?;
+        let result = self.node.write_as(&caller, Command::LeaseGrant { id, ttl }).await.map_err(status)?;
         Ok(Response::new(PbLeaseGrantResponse { header: header(&self.node, result.revision), id, ttl, error: String::new() }))
     }
 
     async fn lease_revoke(&self, request: Request<PbLeaseRevokeRequest>) -> Result<Response<PbLeaseRevokeResponse>, Status> {
+        let caller = caller(&self.node, &request).await?;
         let id = request.into_inner().id;
-        let result = self.node.write(Command::LeaseRevoke { id }).await.map_err(status)?;
+        let result = self.node.write_as(&caller, Command::LeaseRevoke { id }).await.map_err(status)?;
         Ok(Response::new(PbLeaseRevokeResponse { header: header(&self.node, result.revision) }))
     }
 
@@ -67,15 +70,18 @@ impl PbLeaseService for LeaseService {
         &self,
         request: Request<Streaming<PbLeaseKeepAliveRequest>>,
     ) -> Result<Response<KeepAliveStream>, Status> {
+        let caller = Arc::new(caller(&self.node, &request).await?);
         let node = self.node.clone();
         let mut stopping = node.stopping.clone();
         let requests = request.into_inner().take_until(async move {
             let _ = stopping.wait_for(|s| *s).await;
         });
         let responses = requests.then(move |request| {
-            let node = node.clone();
+            let (node, caller) = (node.clone(), caller.clone());
             async move {
                 let id = request?.id;
+                // Keeping a lease alive keeps its keys: etcd asks for write permission on them.
+                node.check_lease_keys(&caller, id, Access::Write).await.map_err(status)?;
                 let ttl = match node.consensus.lease_query(LeaseQuery::Renew(id)).await {
                     Ok(answer) => answer.ttl,
                     // etcd answers a keepalive for a lease that is gone with TTL 0.
@@ -92,6 +98,8 @@ impl PbLeaseService for LeaseService {
         &self,
         request: Request<PbLeaseTimeToLiveRequest>,
     ) -> Result<Response<PbLeaseTimeToLiveResponse>, Status> {
+        let caller = caller(&self.node, &request).await?;
+        self.node.store.auth.state().check_user(caller.user()).map_err(status)?;
         let r = request.into_inner();
         let node = &self.node;
         let answer = match node.consensus.lease_query(LeaseQuery::Status(r.id)).await {
@@ -102,7 +110,7 @@ impl PbLeaseService for LeaseService {
             }
             Err(e) => return Err(status(e)),
         };
-        let keys = if r.keys { node.lease_keys(r.id).await.map_err(status)? } else { Vec::new() };
+        let keys = if r.keys { node.lease_keys(&caller, r.id).await.map_err(status)? } else { Vec::new() };
         Ok(Response::new(PbLeaseTimeToLiveResponse {
             header: header(node, node.store.revision()),
             id: r.id,
@@ -112,9 +120,15 @@ impl PbLeaseService for LeaseService {
         }))
     }
 
-    async fn lease_leases(&self, _: Request<PbLeaseLeasesRequest>) -> Result<Response<PbLeaseLeasesResponse>, Status> {
+    async fn lease_leases(&self, request: Request<PbLeaseLeasesRequest>) -> Result<Response<PbLeaseLeasesResponse>, Status> {
+        let caller = caller(&self.node, &request).await?;
         let node = &self.node;
-        let leases = node.lease_ids().await.map_err(status)?.into_iter().map(|id| PbLeaseStatus { id }).collect();
+        let ids = node.lease_ids().await.map_err(status)?;
+        for id in &ids {
+            // As etcd: who is not root sees the leases only if it may read every key they hold.
+            node.check_lease_keys(&caller, *id, Access::Read).await.map_err(status)?;
+        }
+        let leases = ids.into_iter().map(|id| PbLeaseStatus { id }).collect();
         Ok(Response::new(PbLeaseLeasesResponse { header: header(node, node.store.revision()), leases }))
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::ownership::{claim, contender_key, release, still_held, wait_for_turn, ReleaseOnDrop};
-use super::{header, status};
+use super::{caller, header, status};
 use crate::server::Node;
 
 pub mod pb {
@@ -34,13 +34,15 @@ pub fn session_expired() -> Status {
 #[tonic::async_trait]
 impl Lock for LockService {
     async fn lock(&self, request: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
+        let caller = caller(&self.node, &request).await?;
         let r = request.into_inner();
         let node = &self.node;
         let key = contender_key(&r.name, r.lease);
-        let (mine, _) = claim(node, &key, r.lease, b"").await.map_err(status)?;
-        let mut abandoned = ReleaseOnDrop { node: node.clone(), key: Some((key.clone(), mine.create_revision)) };
-        wait_for_turn(node, &r.name, mine.create_revision).await.map_err(status)?;
-        if !still_held(node, &key, mine.create_revision).await.map_err(status)? {
+        let (mine, _) = claim(node, &caller, &key, r.lease, b"").await.map_err(status)?;
+        let mut abandoned =
+            ReleaseOnDrop { node: node.clone(), caller: caller.clone(), key: Some((key.clone(), mine.create_revision)) };
+        wait_for_turn(node, &caller, &r.name, mine.create_revision).await.map_err(status)?;
+        if !still_held(node, &caller, &key, mine.create_revision).await.map_err(status)? {
             abandoned.key = None;
             return Err(session_expired());
         }
@@ -49,7 +51,8 @@ impl Lock for LockService {
     }
 
     async fn unlock(&self, request: Request<UnlockRequest>) -> Result<Response<UnlockResponse>, Status> {
-        let revision = release(&self.node, &request.into_inner().key, None).await.map_err(status)?;
+        let caller = caller(&self.node, &request).await?;
+        let revision = release(&self.node, &caller, &request.into_inner().key, None).await.map_err(status)?;
         Ok(Response::new(UnlockResponse { header: header(&self.node, revision) }))
     }
 }

@@ -11,7 +11,7 @@ use etcd_client::proto::{
 };
 use tonic::{Request, Response, Status};
 
-use super::{header, status};
+use super::{header, require_admin, require_user, status};
 use crate::server::Node;
 use crate::store::maintenance::{ALARM_CORRUPT, ALARM_NOSPACE};
 use crate::store::types::{Command, KvError};
@@ -32,6 +32,11 @@ impl MaintenanceService {
 #[tonic::async_trait]
 impl PbMaintenanceService for MaintenanceService {
     async fn alarm(&self, request: Request<PbAlarmRequest>) -> Result<Response<PbAlarmResponse>, Status> {
+        // Anyone known may look at alarms; raising or clearing one is root's.
+        match request.get_ref().action {
+            0 => require_user(&self.node, &request).await?,
+            _ => require_admin(&self.node, &request).await?,
+        }
         let request = request.into_inner();
         let listed = |alarms: Vec<(u64, u8)>| -> Vec<PbAlarmMember> {
             alarms.into_iter().map(|(member_id, alarm)| PbAlarmMember { member_id, alarm: alarm.into() }).collect()
@@ -56,7 +61,8 @@ impl PbMaintenanceService for MaintenanceService {
         Ok(Response::new(PbAlarmResponse { header: header(&self.node, self.node.store.revision()), alarms }))
     }
 
-    async fn status(&self, _: Request<PbStatusRequest>) -> Result<Response<PbStatusResponse>, Status> {
+    async fn status(&self, request: Request<PbStatusRequest>) -> Result<Response<PbStatusResponse>, Status> {
+        require_user(&self.node, &request).await?;
         let metrics = self.node.consensus.metrics();
         let size = self.node.store.size_bytes() as i64;
         let cluster = self.node.consensus.cluster().await.map_err(status)?;
@@ -82,7 +88,8 @@ impl PbMaintenanceService for MaintenanceService {
         }))
     }
 
-    async fn defragment(&self, _: Request<PbDefragmentRequest>) -> Result<Response<PbDefragmentResponse>, Status> {
+    async fn defragment(&self, request: Request<PbDefragmentRequest>) -> Result<Response<PbDefragmentResponse>, Status> {
+        require_admin(&self.node, &request).await?;
         let store = self.node.store.clone();
         let started = std::time::Instant::now();
         let before = store.size_bytes();
@@ -96,13 +103,15 @@ impl PbMaintenanceService for MaintenanceService {
         Ok(Response::new(PbDefragmentResponse { header: header(&self.node, self.node.store.revision()) }))
     }
 
-    async fn hash(&self, _: Request<PbHashRequest>) -> Result<Response<PbHashResponse>, Status> {
+    async fn hash(&self, request: Request<PbHashRequest>) -> Result<Response<PbHashResponse>, Status> {
+        require_admin(&self.node, &request).await?;
         let store = self.node.store.clone();
         let hash = blocking(move || store.hash()).await?;
         Ok(Response::new(PbHashResponse { header: header(&self.node, self.node.store.revision()), hash }))
     }
 
     async fn hash_kv(&self, request: Request<PbHashKvRequest>) -> Result<Response<PbHashKvResponse>, Status> {
+        require_admin(&self.node, &request).await?;
         let (store, revision) = (self.node.store.clone(), request.get_ref().revision);
         let (hash, hash_revision, compact_revision) = blocking(move || store.hash_kv(revision)).await?;
         Ok(Response::new(PbHashKvResponse {
@@ -117,7 +126,8 @@ impl PbMaintenanceService for MaintenanceService {
 
     /// A point-in-time copy of this member's state, streamed from a RocksDB
     /// snapshot by a blocking thread as the client takes it.
-    async fn snapshot(&self, _: Request<PbSnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+    async fn snapshot(&self, request: Request<PbSnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+        require_admin(&self.node, &request).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let store = self.node.store.clone();
         let mut header = header(&self.node, self.node.store.revision());
@@ -134,12 +144,14 @@ impl PbMaintenanceService for MaintenanceService {
     }
 
     async fn move_leader(&self, request: Request<PbMoveLeaderRequest>) -> Result<Response<PbMoveLeaderResponse>, Status> {
+        require_admin(&self.node, &request).await?;
         let target = request.into_inner().target_id;
         self.node.consensus.move_leader(target).await.map_err(status)?;
         Ok(Response::new(PbMoveLeaderResponse { header: header(&self.node, self.node.store.revision()) }))
     }
 
-    async fn downgrade(&self, _: Request<PbDowngradeRequest>) -> Result<Response<PbDowngradeResponse>, Status> {
+    async fn downgrade(&self, request: Request<PbDowngradeRequest>) -> Result<Response<PbDowngradeResponse>, Status> {
+        require_admin(&self.node, &request).await?;
         Err(Status::failed_precondition(
             "cairn: cluster downgrade is not supported; every cairn version serves the etcd API it reports",
         ))

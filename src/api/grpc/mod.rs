@@ -1,6 +1,7 @@
 //! etcd's gRPC services; one file per service. Shared here: response headers,
 //! key-value conversion, and etcd's error codes and messages.
 
+mod auth;
 mod cluster;
 mod election;
 mod kv;
@@ -12,15 +13,19 @@ mod watch;
 
 pub use maintenance::ETCD_VERSION;
 
+use std::future::Future;
 use std::sync::Arc;
 
 use etcd_client::proto::{
     PbClusterServer, PbKeyValue, PbKvServer, PbLeaseServer, PbMaintenanceServer, PbResponseHeader, PbWatchServer,
 };
 use tonic::service::Routes;
-use tonic::{Code, Status};
+use tonic::{Code, Request, Status};
 
+use crate::auth::Caller;
 use crate::server::Node;
+use crate::tls::identity::common_name;
+use crate::tls::ConnInfo;
 use crate::store::types::{KeyValue, KvError};
 
 /// gRPC framing beyond the request itself that etcd allows on top of
@@ -34,8 +39,44 @@ pub fn routes(node: Arc<Node>) -> Routes {
         .add_service(PbClusterServer::new(cluster::ClusterService::new(node.clone())))
         .add_service(PbWatchServer::new(watch::WatchService::new(node.clone())).max_encoding_message_size(usize::MAX))
         .add_service(PbLeaseServer::new(lease::LeaseService::new(node.clone())))
+        .add_service(auth::pb::etcdserverpb::auth_server::AuthServer::new(auth::AuthService::new(node.clone())))
         .add_service(lock::pb::lock_server::LockServer::new(lock::LockService::new(node.clone())))
         .add_service(election::pb::election_server::ElectionServer::new(election::ElectionService::new(node)))
+}
+
+/// Who sent `request`: the user its token names (etcd's `token` metadata,
+/// or `authorization` as the gateway passes it on), else the common name of
+/// its connection's verified client certificate. The future holds nothing
+/// of the request, so a stream's request may be asked about.
+pub fn caller<'n, T>(node: &'n Node, request: &Request<T>) -> impl Future<Output = Result<Caller, Status>> + Send + 'n {
+    let metadata = request.metadata();
+    let token = metadata
+        .get("token")
+        .or_else(|| metadata.get("authorization"))
+        .and_then(|v| v.to_str().ok())
+        .map(|t| t.strip_prefix("Bearer ").unwrap_or(t).to_string());
+    let common_name = match token {
+        None if node.store.auth.state().enabled => client_common_name(request),
+        _ => None,
+    };
+    async move { node.identify(token, common_name).await.map_err(status) }
+}
+
+fn client_common_name<T>(request: &Request<T>) -> Option<String> {
+    let chain = request.extensions().get::<ConnInfo>()?.peer_certificates.as_ref()?;
+    common_name(chain.first()?)
+}
+
+/// With auth on, that the sender of `request` holds the root role.
+pub async fn require_admin<T>(node: &Node, request: &Request<T>) -> Result<(), Status> {
+    let caller = caller(node, request).await?;
+    node.store.auth.state().check_admin(caller.user()).map_err(status)
+}
+
+/// With auth on, that the sender of `request` is a known user.
+pub async fn require_user<T>(node: &Node, request: &Request<T>) -> Result<(), Status> {
+    let caller = caller(node, request).await?;
+    node.store.auth.state().check_user(caller.user()).map_err(status)
 }
 
 pub fn header(node: &Node, revision: i64) -> Option<PbResponseHeader> {
@@ -64,7 +105,13 @@ pub fn status(e: KvError) -> Status {
         | KvError::TooManyOps
         | KvError::DuplicateKey
         | KvError::RequestTooLarge
-        | KvError::BadPeerUrls => Code::InvalidArgument,
+        | KvError::BadPeerUrls
+        | KvError::UserEmpty
+        | KvError::RoleEmpty
+        | KvError::AuthFailed
+        | KvError::PermissionNotGiven
+        | KvError::InvalidAuthMgmt
+        | KvError::AuthOldRevision => Code::InvalidArgument,
         KvError::Compacted | KvError::FutureRevision | KvError::LeaseTtlTooLarge => Code::OutOfRange,
         KvError::LeaseExist
         | KvError::PeerUrlExists
@@ -74,7 +121,18 @@ pub fn status(e: KvError) -> Status {
         | KvError::TooManyLearners
         | KvError::MemberRemoved
         | KvError::NotLeader
-        | KvError::BadLeaderTransferee => Code::FailedPrecondition,
+        | KvError::BadLeaderTransferee
+        | KvError::RootUserNotExist
+        | KvError::RootRoleNotExist
+        | KvError::UserAlreadyExist
+        | KvError::UserNotFound
+        | KvError::RoleAlreadyExist
+        | KvError::RoleNotFound
+        | KvError::RoleNotGranted
+        | KvError::PermissionNotGranted
+        | KvError::AuthNotEnabled => Code::FailedPrecondition,
+        KvError::PermissionDenied => Code::PermissionDenied,
+        KvError::InvalidAuthToken => Code::Unauthenticated,
         KvError::LeaderTransferTimeout => Code::DeadlineExceeded,
         KvError::LeaseNotFound | KvError::MemberNotFound => Code::NotFound,
         KvError::NoSpace => Code::ResourceExhausted,

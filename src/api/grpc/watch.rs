@@ -11,10 +11,11 @@ use prost::Message;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{header, status, to_pb_kv};
+use super::{caller, header, status, to_pb_kv};
+use crate::auth::{Access, Caller};
 use crate::server::Node;
 use crate::store::types::{Change, KvError};
-use crate::watch::{CreateArgs, Output, Request as WatchRequest, Session, SessionSettings};
+use crate::watch::{CreateArgs, Output, Request as WatchRequest, Session, SessionSettings, WatchPermission};
 
 /// Responses a stream may have waiting for a slow client.
 const OUTBOUND_RESPONSES: usize = 16;
@@ -107,6 +108,22 @@ fn fragments(mut whole: PbWatchResponse, max_bytes: usize) -> Vec<PbWatchRespons
     parts
 }
 
+/// The stream's caller may watch what its user may read. A refusal reads as
+/// etcd's: the gRPC status the error would have been, as text.
+fn watch_permission(node: Arc<Node>, caller: Result<Caller, Status>) -> WatchPermission {
+    let as_text = |s: Status| format!("rpc error: code = {:?} desc = {}", s.code(), s.message());
+    match caller {
+        Ok(caller) => Box::new(move |key, range_end| {
+            let auth = node.store.auth.state();
+            auth.check_keys(caller.user(), key, range_end, Access::Read).map_err(|e| as_text(status(e)))
+        }),
+        Err(refused) => {
+            let reason = as_text(refused);
+            Box::new(move |_, _| Err(reason.clone()))
+        }
+    }
+}
+
 type WatchStream = Pin<Box<dyn Stream<Item = Result<PbWatchResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -120,6 +137,7 @@ impl PbWatchService for WatchService {
         if require_leader && node.consensus.leader().is_none() {
             return Err(status(KvError::NoLeader));
         }
+        let permitted = watch_permission(node.clone(), caller(&node, &request).await);
         // A broken inbound stream ends the session like a closed one.
         let requests = request
             .into_inner()
@@ -127,7 +145,7 @@ impl PbWatchService for WatchService {
             .filter_map(|r| std::future::ready(r.ok().and_then(watch_request)));
         let (out, outputs) = tokio::sync::mpsc::channel(OUTBOUND_RESPONSES);
         let settings = SessionSettings { progress_interval: node.limits.watch_progress_notify_interval };
-        let session = Session::new(node.hub.clone(), node.store.clone(), out, settings);
+        let session = Session::new(node.hub.clone(), node.store.clone(), out, settings, permitted);
         let ended = {
             let node = node.clone();
             let mut stopping = node.stopping.clone();
