@@ -293,6 +293,22 @@ fn every_service_checks_the_callers_permissions() {
         assert!(denied(alice.put("/w/x", "3", None).await.unwrap_err()));
         assert_eq!(range_with_token(&ep, None, "/a/x").await.unwrap_err().1, "etcdserver: user name is empty");
     });
+
+    // cairn ctl signs in as etcdctl does: --user name:password, or --user and --password.
+    let endpoints = format!("--endpoints={ep}");
+    let got = cairn_command(&["ctl", &endpoints, "--user", "alice:alicepw", "get", "/a/x", "--print-value-only"]);
+    assert_eq!(got.trim(), "1");
+    let refused = cairn_command_fails(&["ctl", &endpoints, "--user=alice", "--password=alicepw", "put", "/a/x", "2"]);
+    assert!(refused.contains("etcdserver: permission denied"), "{refused}");
+    let anonymous = cairn_command_fails(&["ctl", &endpoints, "get", "/a/x"]);
+    assert!(anonymous.contains("etcdserver: user name is empty"), "{anonymous}");
+    let no_password = cairn_command_fails(&["ctl", &endpoints, "--user=alice", "get", "/a/x"]);
+    assert!(no_password.contains("--user alice: give the password"), "{no_password}");
+    // etcdctl 3.5's `auth status`, which Debian's etcdctl 3.4 lacks.
+    let status = cairn_command(&["ctl", &endpoints, &format!("--user=root:{ROOT_PW}"), "auth", "status"]);
+    assert!(status.starts_with("Authentication Status: true\nAuthRevision: "), "{status}");
+    let not_root = cairn_command_fails(&["ctl", &endpoints, "--user=alice:alicepw", "auth", "status"]);
+    assert!(not_root.contains("etcdserver: permission denied"), "{not_root}");
 }
 
 #[test]

@@ -96,6 +96,7 @@ fn parse_and_run(args: Vec<String>) -> CtlResult {
         ["endpoint", "health"] => runtime.block_on(endpoint_health(&global)),
         ["endpoint", "status"] => runtime.block_on(endpoint_status(&global)),
         ["member", "list"] => runtime.block_on(member_list(&global)),
+        ["auth", "status"] => runtime.block_on(auth_status(&global)),
         ["put", key, value] => runtime.block_on(async {
             connect(&global, &global.endpoints).await?.put(*key, *value, None).await.map_err(rpc)?;
             println!("OK");
@@ -130,8 +131,8 @@ fn parse_and_run(args: Vec<String>) -> CtlResult {
             },
         ),
         _ => Err(format!(
-            "unknown command {:?}: cairn ctl knows version, endpoint health|status, member list, put, get, del, \
-             snapshot restore|status",
+            "unknown command {:?}: cairn ctl knows version, endpoint health|status, member list, auth status, put, get, \
+             del, snapshot restore|status",
             words.join(" ")
         )),
     }
@@ -189,15 +190,37 @@ async fn connect(global: &Global, endpoints: &[String]) -> Result<Client, String
 impl Global {
     /// etcdctl's `--user name:password` (split at the first colon) or
     /// `--user name --password password`.
-    fn credentials(&self) -> Result<Option<ConnectOptions>, String> {
+    fn user_and_password(&self) -> Result<Option<(String, String)>, String> {
         let Some(user) = &self.user else { return Ok(None) };
         let (name, password) = match (user.split_once(':'), &self.password) {
             (_, Some(password)) => (user.as_str(), password.as_str()),
             (Some((name, password)), None) => (name, password),
             (None, None) => return Err(format!("--user {user}: give the password as name:password or with --password")),
         };
-        Ok(Some(ConnectOptions::new().with_user(name, password)))
+        Ok(Some((name.to_string(), password.to_string())))
     }
+
+    fn credentials(&self) -> Result<Option<ConnectOptions>, String> {
+        Ok(self.user_and_password()?.map(|(name, password)| ConnectOptions::new().with_user(name, password)))
+    }
+}
+
+/// etcdctl 3.5's `auth status`, through cairn's own Auth client (etcd-client has no call for it).
+async fn auth_status(global: &Global) -> CtlResult {
+    use crate::api::grpc::auth::pb::etcdserverpb::{auth_client::AuthClient, AuthStatusRequest, AuthenticateRequest};
+    let message = |s: tonic::Status| s.message().to_string();
+    let mut auth = AuthClient::new(global.tls.tonic_channel(&global.endpoints, global.timeout).await?);
+    let mut request = tonic::Request::new(AuthStatusRequest {});
+    if let Some((name, password)) = global.user_and_password()? {
+        let token = auth.authenticate(AuthenticateRequest { name, password }).await.map_err(message)?.into_inner().token;
+        request.metadata_mut().insert("token", token.parse().map_err(|_| "the member sent an unusable token".to_string())?);
+    }
+    let status = auth.auth_status(request).await.map_err(message)?.into_inner();
+    match global.write_out {
+        WriteOut::Json => println!("{}", json!({"enabled": status.enabled, "authRevision": status.auth_revision})),
+        _ => println!("Authentication Status: {}\nAuthRevision: {}", status.enabled, status.auth_revision),
+    }
+    Ok(())
 }
 
 async fn get(global: &Global, key: &str, opts: GetOptions, values_only: bool) -> CtlResult {

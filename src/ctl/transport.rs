@@ -81,6 +81,10 @@ impl ToolTls {
 
     /// A channel to the first of `endpoints` that answers.
     pub async fn channel(&self, endpoints: &[String], timeout: Duration) -> Result<Channel, String> {
+        self.tonic_channel(endpoints, timeout).await.map(Channel::Tonic)
+    }
+
+    pub async fn tonic_channel(&self, endpoints: &[String], timeout: Duration) -> Result<tonic::transport::Channel, String> {
         let urls: Vec<String> = endpoints.iter().map(|e| self.url(e)).collect();
         let dialer = Dialer::new(self.dial_tls(&urls)?);
         let mut last = String::from("no endpoints");
@@ -88,7 +92,7 @@ impl ToolTls {
             let endpoint = Endpoint::from_shared(url.clone()).map_err(|e| format!("{url}: {e}"))?;
             let endpoint = endpoint.connect_timeout(timeout).timeout(timeout);
             match endpoint.connect_with_connector(dialer.clone()).await {
-                Ok(channel) => return Ok(Channel::Tonic(channel)),
+                Ok(channel) => return Ok(channel),
                 Err(e) => last = format!("{url}: {}", error_chain(&e)),
             }
         }

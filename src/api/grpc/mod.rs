@@ -1,7 +1,7 @@
 //! etcd's gRPC services; one file per service. Shared here: response headers,
 //! key-value conversion, and etcd's error codes and messages.
 
-mod auth;
+pub mod auth;
 mod cluster;
 mod election;
 mod kv;
