@@ -54,6 +54,12 @@ fn move_leader_with_etcdctl_hands_over_at_once_and_refuses_as_etcd() {
         c.move_leader(leader_id).await.map(|_| ()).map_err(common::code_and_message)
     });
     assert_eq!(refused, Err((tonic::Code::FailedPrecondition, "etcdserver: not leader".to_string())));
+    // Asked of the leader for itself: done at once, and, as etcd's, the answer has no header.
+    let to_itself = rt.block_on(async {
+        let mut c = common::client(&[members[target].endpoint()]).await;
+        c.move_leader(target_id).await.unwrap()
+    });
+    assert!(to_itself.header().is_none());
     let no_leader_given = etcdctl(&members[follower].endpoint(), &["move-leader", &format!("{leader_id:x}")]);
     assert!(String::from_utf8_lossy(&no_leader_given.stderr).contains("no leader endpoint given"));
 

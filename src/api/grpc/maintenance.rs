@@ -100,7 +100,8 @@ impl PbMaintenanceService for MaintenanceService {
             size_after = self.node.store.size_bytes(),
             "finished defragmenting the state database"
         );
-        Ok(Response::new(PbDefragmentResponse { header: header(&self.node, self.node.store.revision()) }))
+        // etcd's answer carries no header.
+        Ok(Response::new(PbDefragmentResponse { header: None }))
     }
 
     async fn hash(&self, request: Request<PbHashRequest>) -> Result<Response<PbHashResponse>, Status> {
@@ -147,7 +148,8 @@ impl PbMaintenanceService for MaintenanceService {
         require_admin(&self.node, &request).await?;
         let target = request.into_inner().target_id;
         self.node.consensus.move_leader(target).await.map_err(status)?;
-        Ok(Response::new(PbMoveLeaderResponse { header: header(&self.node, self.node.store.revision()) }))
+        // etcd's answer carries no header.
+        Ok(Response::new(PbMoveLeaderResponse { header: None }))
     }
 
     async fn downgrade(&self, request: Request<PbDowngradeRequest>) -> Result<Response<PbDowngradeResponse>, Status> {
