@@ -285,6 +285,38 @@ fn certificate_files_are_read_again_when_they_change() {
     assert!(member.try_wait().is_none());
 }
 
+#[test]
+fn a_revoked_client_certificate_is_refused_and_a_new_crl_takes_effect_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = certs::openssl_ca(d, "ca");
+    let server = certs::openssl_cert(d, &ca, "server", "server", "IP:127.0.0.1", KeyKind::Rsa, "");
+    let kept = certs::openssl_cert(d, &ca, "kept", "kept", "DNS:kept", KeyKind::Ecdsa, "");
+    let revoked = certs::openssl_cert(d, &ca, "revoked", "revoked", "DNS:revoked", KeyKind::Rsa, "");
+    let crl = d.join("live.crl");
+    certs::openssl_crl(d, &ca, &[&revoked], &crl);
+    let extra = [
+        "--client-cert-auth".to_string(),
+        format!("--trusted-ca-file={}", ca.cert()),
+        format!("--client-crl-file={}", crl.display()),
+    ];
+    let (member, ep) = tls_member(d, "crl", &server, &extra, false);
+    let put = |client: &Pair| etcdctl_tls(&ep, &client_flags(&ca, client), &["put", "k", "v"]).status.success();
+    wait_until(Duration::from_secs(30), "the member serves a certificate the CRL keeps", || put(&kept));
+    let before = rejections(&member);
+    assert!(!put(&revoked), "a revoked certificate was taken");
+    wait_until(Duration::from_secs(5), "a rejected-connection line for the revoked certificate", || rejections(&member) > before);
+    let log = member.log_text();
+    let line = log.lines().filter(|l| l.contains("rejected connection")).last().unwrap();
+    assert!(line.to_lowercase().contains("revoked"), "{line}");
+
+    // A new CRL that revokes the other one too, written under the running member.
+    certs::openssl_crl(d, &ca, &[&revoked, &kept], &d.join("next.crl"));
+    std::fs::copy(d.join("next.crl"), &crl).unwrap();
+    wait_until(Duration::from_secs(5), "the new CRL refuses the certificate it revokes", || !put(&kept));
+    assert!(member.is_running());
+}
+
 /// A request on the peer port from a process that is not a member of
 /// this cluster, claiming a newer term: before the peer port checked
 /// credentials, it deposed the leader.

@@ -2,6 +2,7 @@
 //! chains, RSA/ECDSA keys in PKCS#1, PKCS#8 or SEC1, CA bundles and CRLs.
 //! Every error names the flag whose file it is.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::time::SystemTime;
 
@@ -31,10 +32,21 @@ pub fn roots(flag: &str, path: &Path) -> Result<RootCertStore, String> {
     Ok(roots)
 }
 
-pub fn revocation_lists(flag: &str, path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
-    CertificateRevocationListDer::pem_file_iter(path)
+/// The serial numbers the CRLs in a PEM file revoke. As etcd, only serials
+/// count: the lists are the operator's own files, trusted as the CA file is,
+/// and version 1 lists (what `openssl ca -gencrl` makes by default) are read
+/// as well as version 2.
+pub fn revoked_serials(flag: &str, path: &Path) -> Result<HashSet<Vec<u8>>, String> {
+    let lists: Vec<CertificateRevocationListDer<'static>> = CertificateRevocationListDer::pem_file_iter(path)
         .and_then(|iter| iter.collect())
-        .map_err(|e| format!("{flag} {}: {}", path.display(), pem_error(e)))
+        .map_err(|e| format!("{flag} {}: {}", path.display(), pem_error(e)))?;
+    let mut serials = HashSet::new();
+    for der in &lists {
+        let (_, list) = x509_parser::parse_x509_crl(der.as_ref())
+            .map_err(|e| format!("{flag} {}: not a certificate revocation list: {e}", path.display()))?;
+        serials.extend(list.iter_revoked_certificates().map(|r| r.raw_serial().to_vec()));
+    }
+    Ok(serials)
 }
 
 fn pem_error(e: rustls::pki_types::pem::Error) -> String {

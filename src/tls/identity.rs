@@ -4,6 +4,7 @@
 //! names its user with, and the no-verification mode of `--auto-tls` peers
 //! and `--insecure-skip-tls-verify`.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -73,6 +74,8 @@ impl std::fmt::Debug for NotAllowed {
 pub struct AllowedClients {
     pub inner: Arc<dyn ClientCertVerifier>,
     pub allowed: AllowedIdentity,
+    /// Serial numbers the CRL file revokes.
+    pub revoked: HashSet<Vec<u8>>,
 }
 
 impl ClientCertVerifier for AllowedClients {
@@ -95,6 +98,13 @@ impl ClientCertVerifier for AllowedClients {
         now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
         let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        if !self.revoked.is_empty() {
+            let (_, parsed) = x509_parser::parse_x509_certificate(end_entity.as_ref())
+                .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
+            if self.revoked.contains(parsed.raw_serial()) {
+                return Err(Error::InvalidCertificate(CertificateError::Revoked));
+            }
+        }
         self.allowed.check(end_entity)?;
         Ok(verified)
     }

@@ -12,6 +12,7 @@ pub mod identity;
 mod policy;
 mod stream;
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -163,18 +164,16 @@ impl PortTls {
             return Ok(None);
         };
         let roots = files::roots(&self.flag("trusted-ca-file"), ca)?;
-        let mut builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), self.policy.provider.clone());
-        if let Some(crl) = &s.crl_file {
-            builder = builder
-                .with_crls(files::revocation_lists(&self.flag("crl-file"), crl)?)
-                .only_check_end_entity_revocation()
-                .allow_unknown_revocation_status();
-        }
+        let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), self.policy.provider.clone());
         let verifier = builder.build().map_err(|e| format!("{} {}: {e}", self.flag("trusted-ca-file"), ca.display()))?;
-        if s.allowed.is_open() {
+        let revoked = match &s.crl_file {
+            Some(crl) => files::revoked_serials(&self.flag("crl-file"), crl)?,
+            None => HashSet::new(),
+        };
+        if s.allowed.is_open() && revoked.is_empty() {
             return Ok(Some(verifier));
         }
-        Ok(Some(Arc::new(AllowedClients { inner: verifier, allowed: s.allowed.clone() })))
+        Ok(Some(Arc::new(AllowedClients { inner: verifier, allowed: s.allowed.clone(), revoked })))
     }
 
     fn server_config(&self) -> Result<ServerConfig, String> {

@@ -110,12 +110,8 @@ pub fn openssl_cert(dir: &Path, ca: &Pair, name: &str, cn: &str, san: &str, key:
     pair
 }
 
-/// A certificate from `ca` that expired in 2020 (`openssl ca` with fixed dates).
-pub fn openssl_expired(dir: &Path, ca: &Pair, name: &str) -> Pair {
-    let pair = Pair { cert: dir.join(format!("{name}.crt")), key: dir.join(format!("{name}.key")) };
-    run(dir, "openssl", &["genrsa", "-out", pair.key(), "2048"]);
-    let csr = dir.join(format!("{name}.csr"));
-    run(dir, "openssl", &["req", "-new", "-key", pair.key(), "-out", csr.to_str().unwrap(), "-subj", &format!("/CN={name}")]);
+/// An `openssl ca` set-up for `ca` in `dir/<name>-ca`: its database and config.
+fn ca_database(dir: &Path, name: &str) -> PathBuf {
     let db = dir.join(format!("{name}-ca"));
     std::fs::create_dir_all(&db).unwrap();
     std::fs::write(db.join("index.txt"), "").unwrap();
@@ -125,17 +121,39 @@ pub fn openssl_expired(dir: &Path, ca: &Pair, name: &str) -> Pair {
         &config,
         format!(
             "[ca]\ndefault_ca=own\n[own]\ndir={}\ndatabase=$dir/index.txt\nnew_certs_dir=$dir\nserial=$dir/serial\n\
-             default_md=sha256\npolicy=any\nx509_extensions=v3\n[any]\ncommonName=supplied\n\
+             default_md=sha256\ndefault_crl_days=30\npolicy=any\nx509_extensions=v3\n[any]\ncommonName=supplied\n\
              [v3]\nbasicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
             db.display()
         ),
     )
     .unwrap();
+    config
+}
+
+/// A certificate from `ca` that expired in 2020 (`openssl ca` with fixed dates).
+pub fn openssl_expired(dir: &Path, ca: &Pair, name: &str) -> Pair {
+    let pair = Pair { cert: dir.join(format!("{name}.crt")), key: dir.join(format!("{name}.key")) };
+    run(dir, "openssl", &["genrsa", "-out", pair.key(), "2048"]);
+    let csr = dir.join(format!("{name}.csr"));
+    run(dir, "openssl", &["req", "-new", "-key", pair.key(), "-out", csr.to_str().unwrap(), "-subj", &format!("/CN={name}")]);
+    let config = ca_database(dir, name);
     run(dir, "openssl", &[
         "ca", "-batch", "-notext", "-config", config.to_str().unwrap(), "-cert", ca.cert(), "-keyfile", ca.key(),
         "-in", csr.to_str().unwrap(), "-out", pair.cert(), "-startdate", "20200101000000Z", "-enddate", "20200102000000Z",
     ]);
     pair
+}
+
+/// A CRL from `ca` (written to `path`) that revokes `revoked`, as
+/// `openssl ca -revoke` and `-gencrl` make it.
+pub fn openssl_crl(dir: &Path, ca: &Pair, revoked: &[&Pair], path: &Path) {
+    let name = path.file_stem().unwrap().to_str().unwrap();
+    let config = ca_database(dir, name);
+    let ca_flags = ["-config", config.to_str().unwrap(), "-cert", ca.cert(), "-keyfile", ca.key()];
+    for pair in revoked {
+        run(dir, "openssl", &[&["ca"][..], &ca_flags, &["-revoke", pair.cert()]].concat());
+    }
+    run(dir, "openssl", &[&["ca"][..], &ca_flags, &["-gencrl", "-out", path.to_str().unwrap()]].concat());
 }
 
 /// The extensions that make an openssl certificate an intermediate CA.
