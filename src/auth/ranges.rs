@@ -25,6 +25,17 @@ impl KeyInterval {
     }
 }
 
+/// True when the permission range `(key, range_end)`, spelled as
+/// `KeyInterval::of` reads it, holds `wanted`: the single-key check,
+/// without building intervals.
+pub fn holds(key: &[u8], range_end: &[u8], wanted: &[u8]) -> bool {
+    match range_end {
+        [0] => wanted >= key,
+        end if end.is_empty() || end <= key => wanted == key,
+        end => key <= wanted && wanted < end,
+    }
+}
+
 /// True when the union of `granted` holds every key of `wanted`.
 pub fn covers<'a>(granted: impl IntoIterator<Item = &'a KeyInterval>, wanted: &KeyInterval) -> bool {
     let mut granted: Vec<&KeyInterval> = granted.into_iter().collect();
@@ -81,6 +92,20 @@ mod tests {
         assert!(!covers(&granted, &iv("a", "f")));
         let gap = [iv("a", "b"), iv("c", "d")];
         assert!(!covers(&gap, &iv("a", "d")));
+    }
+
+    #[test]
+    fn holds_agrees_with_covers_for_single_keys() {
+        let grants = [("a", "c"), ("x", ""), ("m", "\0"), ("q", "p")];
+        for wanted in ["", "a", "b", "c", "x", "x\0", "m", "zz", "q", "p"] {
+            for (key, end) in grants {
+                assert_eq!(
+                    holds(key.as_bytes(), end.as_bytes(), wanted.as_bytes()),
+                    covers(&[iv(key, end)], &iv(wanted, "")),
+                    "{key:?}..{end:?} holds {wanted:?}"
+                );
+            }
+        }
     }
 
     #[test]

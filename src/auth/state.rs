@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::ranges::{covers, KeyInterval};
+use super::ranges::{covers, holds, KeyInterval};
 use crate::store::types::{Command, KvError, Op, TxnArgs};
 
 /// The role that may do anything, and the user auth cannot be enabled without.
@@ -268,15 +268,20 @@ impl AuthState {
         if Self::is_root(user) {
             return Ok(());
         }
-        let granted: Vec<KeyInterval> = user
+        let mut granted = user
             .roles
             .iter()
             .filter_map(|r| self.roles.get(r))
             .flat_map(|r| &r.permissions)
-            .filter(|p| p.access.allows(access))
-            .map(|p| KeyInterval::of(&p.key, &p.range_end))
-            .collect();
-        if covers(&granted, &KeyInterval::of(key, range_end)) {
+            .filter(|p| p.access.allows(access));
+        let permitted = if range_end.is_empty() {
+            // The common case, one key: no intervals to build.
+            granted.any(|p| holds(&p.key, &p.range_end, key))
+        } else {
+            let intervals: Vec<KeyInterval> = granted.map(|p| KeyInterval::of(&p.key, &p.range_end)).collect();
+            covers(&intervals, &KeyInterval::of(key, range_end))
+        };
+        if permitted {
             Ok(())
         } else {
             Err(KvError::PermissionDenied)

@@ -48,15 +48,22 @@ fn env(name: &str) -> Option<String> {
     std::env::var(format!("ETCDCTL_{name}")).ok().filter(|v| !v.is_empty())
 }
 
+impl Global {
+    /// etcdctl's defaults, as the `ETCDCTL_*` variables change them.
+    fn from_env() -> Result<Global, String> {
+        Ok(Global {
+            endpoints: env("ENDPOINTS").unwrap_or_else(|| "127.0.0.1:2379".into()).split(',').map(String::from).collect(),
+            write_out: parse_write_out(&env("WRITE_OUT").unwrap_or_else(|| "simple".into()))?,
+            timeout: Duration::from_secs(5),
+            tls: ToolTls::from_env(),
+            user: env("USER"),
+            password: env("PASSWORD"),
+        })
+    }
+}
+
 fn parse_and_run(args: Vec<String>) -> CtlResult {
-    let mut global = Global {
-        endpoints: env("ENDPOINTS").unwrap_or_else(|| "127.0.0.1:2379".into()).split(',').map(String::from).collect(),
-        write_out: parse_write_out(&env("WRITE_OUT").unwrap_or_else(|| "simple".into()))?,
-        timeout: Duration::from_secs(5),
-        tls: ToolTls::from_env(),
-        user: env("USER"),
-        password: env("PASSWORD"),
-    };
+    let mut global = Global::from_env()?;
     let mut words = Vec::new();
     let mut options = Vec::new();
     let mut iter = args.into_iter();
@@ -174,12 +181,12 @@ fn rpc(e: etcd_client::Error) -> String {
     }
 }
 
-/// A client for `endpoints` with the TLS the `ETCDCTL_*` variables give
-/// (`ETCDCTL_CACERT`, `ETCDCTL_CERT`, …): for tools beside ctl, such as
-/// the bench client.
+/// A client for `endpoints` with the TLS and user the `ETCDCTL_*`
+/// variables give (`ETCDCTL_CACERT`, `ETCDCTL_CERT`, …, `ETCDCTL_USER`):
+/// for tools beside ctl, such as the bench client.
 pub async fn client_from_env(endpoints: &[String], timeout: Duration) -> Result<Client, String> {
-    let channel = ToolTls::from_env().channel(endpoints, timeout).await?;
-    Client::from_channel(channel, None).await.map_err(rpc)
+    let global = Global { timeout, ..Global::from_env()? };
+    connect(&global, endpoints).await
 }
 
 async fn connect(global: &Global, endpoints: &[String]) -> Result<Client, String> {
