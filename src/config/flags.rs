@@ -56,6 +56,7 @@ pub const SUPPORTED: &[&str] = &[
     "auth-token",
     "auth-token-ttl",
     "bcrypt-cost",
+    "listen-metrics-urls",
 ];
 
 /// Go boolean flags: a bare `--name` means true, and only `--name=false` sets false.
@@ -75,7 +76,7 @@ pub const UNSUPPORTED: &[&str] = &[
     "discovery", "discovery-fallback", "discovery-proxy", "discovery-srv", "discovery-srv-name",
     "enable-grpc-gateway", "enable-log-rotation", "enable-pprof", "enable-v2", "force-new-cluster",
     "grpc-keepalive-interval", "grpc-keepalive-min-time", "grpc-keepalive-timeout", "host-whitelist",
-    "listen-metrics-urls", "log-outputs", "log-rotation-config-json", "log-package-levels",
+    "log-outputs", "log-rotation-config-json", "log-package-levels",
     "max-concurrent-streams", "max-snapshots", "max-wals", "metrics", "pre-vote", "proxy", "proxy-dial-timeout",
     "proxy-failure-wait", "proxy-read-timeout", "proxy-refresh-interval", "proxy-write-timeout",
     "socket-reuse-address", "socket-reuse-port", "unsafe-no-fsync", "v2-deprecation", "client-cert-file",

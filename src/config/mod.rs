@@ -61,6 +61,8 @@ pub struct Config {
     pub election_timeout: u64,
     pub listen_peer_urls: Vec<ListenUrl>,
     pub listen_client_urls: Vec<ListenUrl>,
+    /// etcd's `--listen-metrics-urls`: the health endpoints (and metrics) without gRPC.
+    pub listen_metrics_urls: Vec<ListenUrl>,
     pub advertise_client_urls: Vec<String>,
     pub initial_advertise_peer_urls: Vec<String>,
     pub initial_cluster: String,
@@ -528,6 +530,15 @@ impl Config {
         let mut notices = notices;
         notices.extend(tls_policy.notice.clone());
         let client_security = s.transport_security(Port::Client, &listen_client_urls)?;
+        let listen_metrics_urls = match s.is_set("listen-metrics-urls") {
+            true => s.listen_urls("listen-metrics-urls", "")?,
+            false => Vec::new(),
+        };
+        if listen_metrics_urls.iter().any(|u| u.tls) && !client_security.has_certificate() {
+            return Err(ConfigError::new(
+                "client TLS key/cert (--cert-file, --key-file) must be provided for metrics secure url",
+            ));
+        }
         let peer_security = s.transport_security(Port::Peer, &listen_peer_urls)?;
         let bcrypt_cost = s.number("bcrypt-cost", 10)?;
         if !(4..=31).contains(&bcrypt_cost) {
@@ -545,6 +556,7 @@ impl Config {
             election_timeout,
             listen_peer_urls,
             listen_client_urls,
+            listen_metrics_urls,
             advertise_client_urls,
             initial_advertise_peer_urls,
             initial_cluster,

@@ -392,7 +392,8 @@ async fn member_list(global: &Global) -> CtlResult {
 
 /// `cairn healthcheck [--endpoint HOST:PORT|URL] [TLS flags]`: for a
 /// container HEALTHCHECK in an image with no curl; takes etcdctl's TLS
-/// flags and variables. Exit 0 when the member's `/health` says true.
+/// flags and variables. Exit 0 when the member's `/readyz` says ok: it can
+/// serve linearizably (the endpoint may be a `--listen-metrics-urls` one).
 pub fn healthcheck(args: Vec<String>) -> u8 {
     let mut endpoint = "127.0.0.1:2379".to_string();
     let mut tls = ToolTls::from_env();
@@ -414,10 +415,10 @@ pub fn healthcheck(args: Vec<String>) -> u8 {
             return 1;
         }
     }
-    match tls.http_get(&endpoint, "/health") {
-        Ok(body) if body.contains("\"health\":\"true\"") => 0,
+    match tls.http_get(&endpoint, "/readyz") {
+        Ok(body) if body.trim() == "ok" => 0,
         Ok(body) => {
-            eprintln!("{endpoint} is unhealthy: {}", body.trim());
+            eprintln!("{endpoint} is not ready: {}", body.trim().replace('\n', "; "));
             1
         }
         Err(e) => {

@@ -182,6 +182,11 @@ impl Consensus {
         }
     }
 
+    /// False for a learner (added with `--learner`, or not yet caught up).
+    pub fn is_voter(&self) -> bool {
+        self.raft.metrics().borrow().membership_config.membership().voter_ids().any(|id| id == self.member_id)
+    }
+
     pub fn election_timeout(&self) -> Duration {
         self.election_timeout
     }

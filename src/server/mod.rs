@@ -181,6 +181,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let peer_listeners = bind(&config.listen_peer_urls, "--listen-peer-urls").await?;
     let client_listeners = bind(&config.listen_client_urls, "--listen-client-urls").await?;
+    let metrics_listeners = bind(&config.listen_metrics_urls, "--listen-metrics-urls").await?;
 
     let settings = RaftSettings {
         heartbeat_ms: config.heartbeat_interval,
@@ -246,7 +247,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
 
     let peer_message_limit = peer_message_limit(config.max_request_bytes);
-    let mut servers = serve(&node, (peer_listeners, client_listeners), &security, peer_message_limit, &stop_rx);
+    let listeners = (peer_listeners, client_listeners, metrics_listeners);
+    let mut servers = serve(&node, listeners, &security, peer_message_limit, &stop_rx);
     tokio::spawn(publish_self(node.clone(), config.initial_advertise_peer_urls.clone()));
     tokio::spawn(leases::keep_leases(node.clone(), config.lease_checkpoint_interval));
     tokio::spawn(promote_new_voters(node.clone()));
@@ -339,7 +341,7 @@ async fn promote_new_voters(node: Arc<Node>) {
 /// listeners until `stop` turns true.
 fn serve(
     node: &Arc<Node>,
-    (peer_listeners, client_listeners): (Vec<Listener>, Vec<Listener>),
+    (peer_listeners, client_listeners, metrics_listeners): (Vec<Listener>, Vec<Listener>, Vec<Listener>),
     security: &Security,
     peer_message_limit: usize,
     stop: &watch::Receiver<bool>,
@@ -372,6 +374,19 @@ fn serve(
                 .accept_http1(true)
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(connections, stop)
+                .await
+        });
+    }
+    for listener in metrics_listeners {
+        let routes = tonic::service::Routes::from(crate::api::http::metrics_router(node.clone()));
+        let stop = wait_for(stop.clone());
+        let tls = security.client.clone().filter(|_| listener.tls);
+        tracing::info!(address = %listener.url, "serving metrics and health endpoints");
+        servers.spawn(async move {
+            tonic::transport::Server::builder()
+                .accept_http1(true)
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(tls::connections(listener.tcp, tls), stop)
                 .await
         });
     }

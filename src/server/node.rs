@@ -114,6 +114,16 @@ impl Node {
         self.on_store(move |s| s.read_txn(&args)).await
     }
 
+    /// The read a health check makes: one key, no values, as root would (auth
+    /// does not make a member unhealthy); linearizable unless `serializable`.
+    pub async fn probe_read(&self, serializable: bool) -> Result<(), KvError> {
+        if !serializable {
+            self.consensus.read_barrier().await?;
+        }
+        let probe = RangeArgs { key: b"health".to_vec(), limit: 1, keys_only: true, ..Default::default() };
+        self.on_store(move |s| s.range(&probe)).await.map(|_| ())
+    }
+
     /// The keys attached to lease `id`, read linearizably; `caller` must be
     /// able to read them all.
     pub async fn lease_keys(&self, caller: &Caller, id: i64) -> Result<Vec<Vec<u8>>, KvError> {
