@@ -12,3 +12,4 @@ pub mod tls;
 pub mod watch;
 pub mod lease;
 pub mod logging;
+pub mod metrics;

@@ -12,6 +12,6 @@ use tonic::service::Routes;
 use crate::server::Node;
 
 pub fn client_routes(node: Arc<Node>) -> Routes {
-    let grpc = grpc::routes(node.clone());
-    Routes::from(grpc.into_axum_router().merge(http::router(node)))
+    let grpc = grpc::routes(node.clone()).into_axum_router().layer(axum::middleware::from_fn(grpc::metered::track));
+    Routes::from(grpc.merge(http::router(node)))
 }

@@ -163,6 +163,11 @@ impl Consensus {
         self.raft.metrics().borrow().clone()
     }
 
+    /// Raft's metrics as they change.
+    pub fn metrics_watch(&self) -> tokio::sync::watch::Receiver<RaftMetrics<u64, PeerNode>> {
+        self.raft.metrics()
+    }
+
     pub fn leader(&self) -> Option<u64> {
         self.raft.metrics().borrow().current_leader
     }

@@ -6,6 +6,8 @@ use std::fmt::Debug;
 use std::ops::RangeBounds;
 use std::sync::{mpsc, Arc};
 
+use crate::metrics::METRICS;
+
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, ErrorSubject, ErrorVerb, RaftLogReader, StorageError, StorageIOError, Vote};
 
@@ -45,7 +47,9 @@ impl LogStore {
                 while let Ok(first) = queue.recv() {
                     let mut waiting = vec![first];
                     waiting.extend(queue.try_iter());
+                    let started = std::time::Instant::now();
                     let result = syncer.sync().map_err(|e| std::io::Error::other(e.to_string()));
+                    METRICS.wal_fsync_seconds.observe(started.elapsed().as_secs_f64());
                     for callback in waiting {
                         callback.log_io_completed(result.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string())));
                     }

@@ -252,6 +252,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(publish_self(node.clone(), config.initial_advertise_peer_urls.clone()));
     tokio::spawn(leases::keep_leases(node.clone(), config.lease_checkpoint_interval));
     tokio::spawn(promote_new_voters(node.clone()));
+    tokio::spawn(count_leader_changes(node.clone()));
     tokio::spawn(compaction::remove_compacted_versions(node.store.clone(), node.stopping.clone()));
     if let Some(mode) = config.auto_compaction {
         tokio::spawn(compaction::auto_compact(node.clone(), mode));
@@ -391,6 +392,22 @@ fn serve(
         });
     }
     servers
+}
+
+/// etcd_server_leader_changes_seen_total: every new leader this member sees.
+async fn count_leader_changes(node: Arc<Node>) {
+    let mut raft = node.consensus.metrics_watch();
+    let mut last = None;
+    loop {
+        let leader = raft.borrow_and_update().current_leader;
+        if leader.is_some() && leader != last {
+            crate::metrics::METRICS.leader_changes_seen.inc();
+            last = leader;
+        }
+        if raft.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 async fn wait_for(mut stop: watch::Receiver<bool>) {

@@ -8,6 +8,7 @@ use tokio::sync::watch;
 
 use crate::auth::tokens::TokenKind;
 use crate::auth::{Access, Authenticator, Caller};
+use crate::metrics::METRICS;
 use crate::raft::Consensus;
 use crate::store::types::{Command, CommandResult, KvError, OpResult, RangeArgs, RangeResult, TxnArgs};
 use crate::store::maintenance::ALARM_NOSPACE;
@@ -177,7 +178,10 @@ impl Node {
             tracing::warn!(quota = self.limits.quota_backend_bytes, "database space exceeded; NOSPACE alarm raised");
             return Err(KvError::NoSpace);
         }
-        let result = self.consensus.write(command).await?;
+        METRICS.proposals_pending.inc();
+        let result = self.consensus.write(command).await;
+        METRICS.proposals_pending.dec();
+        let result = result.inspect_err(|_| METRICS.proposals_failed.inc())?;
         result.outcome.as_ref().map_err(Clone::clone)?;
         Ok(result)
     }

@@ -333,7 +333,10 @@ impl Store {
         // Not fsynced: the Raft log is, and replays what a crash loses here.
         let mut wo = WriteOptions::default();
         wo.set_sync(false);
-        self.db.write_opt(batch, &wo).map_err(db_error)
+        let started = std::time::Instant::now();
+        let written = self.db.write_opt(batch, &wo).map_err(db_error);
+        crate::metrics::METRICS.backend_commit_seconds.observe(started.elapsed().as_secs_f64());
+        written
     }
 
     /// Makes every write so far durable (the state's writes are not synced one by one).

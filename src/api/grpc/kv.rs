@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 
 use super::{caller, header, status, to_pb_kv, unimplemented};
 use crate::auth::Caller;
+use crate::metrics::METRICS;
 use crate::server::Node;
 use crate::store::check_duplicate_keys;
 use crate::store::types::{
@@ -206,6 +207,7 @@ fn txn_response(node: &Node, result: OpResult, revision: i64) -> PbTxnResponse {
 #[tonic::async_trait]
 impl PbKvService for KvService {
     async fn range(&self, request: Request<PbRangeRequest>) -> Result<Response<PbRangeResponse>, Status> {
+        METRICS.ranges.inc();
         let caller = caller(&self.node, &request).await?;
         let r = request.into_inner();
         let serializable = r.serializable;
@@ -223,6 +225,7 @@ impl PbKvService for KvService {
     async fn put(&self, request: Request<PbPutRequest>) -> Result<Response<PbPutResponse>, Status> {
         self.check_size(request.get_ref())?;
         let caller = caller(&self.node, &request).await?;
+        METRICS.puts.inc();
         let args = put_args(request.into_inner()).map_err(status)?;
         let (result, revision) = self.commit(&caller, Op::Put(args)).await?;
         let OpResult::Put { prev_kv } = result else { unreachable!("a put yields a put result") };
@@ -231,6 +234,7 @@ impl PbKvService for KvService {
 
     async fn delete_range(&self, request: Request<PbDeleteRequest>) -> Result<Response<PbDeleteResponse>, Status> {
         let caller = caller(&self.node, &request).await?;
+        METRICS.deletes.inc();
         let args = delete_args(request.into_inner()).map_err(status)?;
         let (result, revision) = self.commit(&caller, Op::Delete(args)).await?;
         let OpResult::Delete { deleted, prev_kvs } = result else { unreachable!("a delete yields a delete result") };
@@ -244,6 +248,7 @@ impl PbKvService for KvService {
     async fn txn(&self, request: Request<PbTxnRequest>) -> Result<Response<PbTxnResponse>, Status> {
         self.check_size(request.get_ref())?;
         let caller = caller(&self.node, &request).await?;
+        METRICS.txns.inc();
         let args = txn_args(request.into_inner(), self.node.limits.max_txn_ops).map_err(status)?;
         check_duplicate_keys(&args).map_err(status)?;
         let (result, revision) = if args.is_read_only() {

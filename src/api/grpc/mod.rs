@@ -8,6 +8,7 @@ mod kv;
 mod lease;
 mod lock;
 mod maintenance;
+pub mod metered;
 mod ownership;
 mod watch;
 

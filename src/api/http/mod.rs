@@ -1,7 +1,8 @@
 //! etcd's HTTP endpoints on the client port: the health endpoints
-//! (`health`), and /version.
+//! (`health`), /metrics, and /version.
 
 mod health;
+mod metrics;
 
 use std::sync::Arc;
 
@@ -13,12 +14,12 @@ use crate::api::grpc::ETCD_VERSION;
 use crate::server::Node;
 
 pub fn router(node: Arc<Node>) -> Router {
-    health::routes().route("/version", get(version)).with_state(node)
+    health::routes().merge(metrics::routes()).route("/version", get(version)).with_state(node)
 }
 
-/// What `--listen-metrics-urls` serves, as etcd: the health endpoints, no gRPC.
+/// What `--listen-metrics-urls` serves, as etcd: metrics and the health endpoints, no gRPC.
 pub fn metrics_router(node: Arc<Node>) -> Router {
-    health::routes().with_state(node)
+    health::routes().merge(metrics::routes()).with_state(node)
 }
 
 async fn version() -> Json<Value> {

@@ -1,0 +1,29 @@
+//! `/metrics`: what `crate::metrics` recorded, with the gauges of this
+//! member's state read now.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+
+use crate::metrics::METRICS;
+use crate::server::Node;
+
+pub fn routes() -> Router<Arc<Node>> {
+    Router::new().route("/metrics", get(metrics))
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    let raft = node.consensus.metrics();
+    METRICS.has_leader.set(i64::from(raft.current_leader.is_some()));
+    METRICS.is_leader.set(i64::from(raft.current_leader == Some(node.member_id)));
+    let applied = raft.last_applied.map_or(0, |id| id.index) as i64;
+    METRICS.proposals_applied.set(applied);
+    // openraft 0.9 reports no commit index: what is applied was committed.
+    METRICS.proposals_committed.set(applied.max(METRICS.proposals_committed.get()));
+    METRICS.db_total_size_bytes.set(node.store.size_bytes() as i64);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], METRICS.render())
+}

@@ -1,0 +1,92 @@
+//! `/metrics` read by Python's own Prometheus parser (Debian's
+//! python3-prometheus-client): etcd's metric names grow as the member works.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+/// Every sample of `/metrics` on `endpoint`, as `name{label="v",…}` →
+/// value, parsed by prometheus_client (which fails on a malformed page).
+fn scrape(endpoint: &str) -> BTreeMap<String, f64> {
+    let page = http_get(endpoint, "/metrics").expect("GET /metrics");
+    let parser = "import sys\n\
+        from prometheus_client.parser import text_string_to_metric_families\n\
+        for family in text_string_to_metric_families(sys.stdin.read()):\n\
+        \x20   for s in family.samples:\n\
+        \x20       labels = ','.join(f'{k}=\"{v}\"' for k, v in sorted(s.labels.items()))\n\
+        \x20       print(f'{s.name}{{{labels}}} {s.value}')\n";
+    let mut child = Command::new("/usr/bin/python3")
+        .args(["-c", parser])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("Debian's python3 (scripts/setup-debian.sh installs python3-prometheus-client)");
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), page.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "prometheus_client cannot read /metrics: {}\n{page}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (name, value) = l.rsplit_once(' ').unwrap();
+            (name.to_string(), value.parse().unwrap())
+        })
+        .collect()
+}
+
+fn value(samples: &BTreeMap<String, f64>, name: &str) -> f64 {
+    *samples.get(name).unwrap_or_else(|| panic!("no {name} in {:#?}", samples.keys().collect::<Vec<_>>()))
+}
+
+#[test]
+fn metrics_have_etcds_names_and_grow_with_the_work() {
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let (_dir, m) = single_member(&[&format!("--listen-metrics-urls=http://{metrics}")]);
+    let before = scrape(&metrics);
+    assert_eq!(value(&before, "etcd_server_has_leader{}"), 1.0);
+    assert_eq!(value(&before, "etcd_server_is_leader{}"), 1.0);
+    assert_eq!(value(&before, r#"etcd_server_version{server_version="3.5.0"}"#), 1.0);
+    assert!(value(&before, "process_resident_memory_bytes{}") > 0.0);
+    for i in 0..20 {
+        etcdctl_ok(&m.endpoint(), &["put", &format!("k{i}"), "v"]);
+    }
+    let failed = etcdctl(&m.endpoint(), &["get", "k1", "--rev=1000"]);
+    assert!(!failed.status.success());
+    let after = scrape(&m.endpoint());
+    assert!(value(&after, "etcd_server_proposals_committed_total{}") >= value(&before, "etcd_server_proposals_committed_total{}") + 20.0);
+    assert!(value(&after, "etcd_server_proposals_applied_total{}") >= 20.0);
+    assert!(value(&after, "etcd_disk_wal_fsync_duration_seconds_count{}") >= 20.0);
+    assert!(value(&after, "etcd_disk_backend_commit_duration_seconds_count{}") >= 20.0);
+    assert_eq!(value(&after, "etcd_mvcc_put_total{}"), 20.0);
+    assert!(value(&after, "etcd_mvcc_db_total_size_in_bytes{}") > 0.0);
+    let put = r#"grpc_code="OK",grpc_method="Put",grpc_service="etcdserverpb.KV",grpc_type="unary""#;
+    assert_eq!(value(&after, &format!("grpc_server_handled_total{{{put}}}")), 20.0);
+    let started = r#"grpc_method="Put",grpc_service="etcdserverpb.KV",grpc_type="unary""#;
+    assert_eq!(value(&after, &format!("grpc_server_started_total{{{started}}}")), 20.0);
+    let future = r#"grpc_code="OutOfRange",grpc_method="Range",grpc_service="etcdserverpb.KV",grpc_type="unary""#;
+    assert_eq!(value(&after, &format!("grpc_server_handled_total{{{future}}}")), 1.0);
+}
+
+#[test]
+fn leader_changes_seen_grows_when_the_leader_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut members = three_member_cluster(dir.path());
+    let rt = runtime();
+    let leader = rt.block_on(leader_index(&members));
+    let witness = (leader + 1) % 3;
+    let seen = |m: &Member| value(&scrape(&m.endpoint()), "etcd_server_leader_changes_seen_total{}");
+    let before = seen(&members[witness]);
+    assert!(before >= 1.0);
+    members[leader].kill9();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while seen(&members[witness]) <= before {
+        assert!(std::time::Instant::now() < deadline, "no new leader seen");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(value(&scrape(&members[witness].endpoint()), "etcd_server_has_leader{}"), 1.0);
+}
