@@ -57,6 +57,8 @@ pub const SUPPORTED: &[&str] = &[
     "auth-token-ttl",
     "bcrypt-cost",
     "listen-metrics-urls",
+    "listen-client-http-urls",
+    "enable-grpc-gateway",
 ];
 
 /// Go boolean flags: a bare `--name` means true, and only `--name=false` sets false.
@@ -67,6 +69,7 @@ pub const BOOLEAN: &[&str] = &[
     "auto-tls",
     "peer-client-cert-auth",
     "peer-auto-tls",
+    "enable-grpc-gateway",
 ];
 
 /// etcd flags that cairn does not serve yet: named in the error rather than
@@ -74,7 +77,7 @@ pub const BOOLEAN: &[&str] = &[
 pub const UNSUPPORTED: &[&str] = &[
     "cors", "debug",
     "discovery", "discovery-fallback", "discovery-proxy", "discovery-srv", "discovery-srv-name",
-    "enable-grpc-gateway", "enable-log-rotation", "enable-pprof", "enable-v2", "force-new-cluster",
+    "enable-log-rotation", "enable-pprof", "enable-v2", "force-new-cluster",
     "grpc-keepalive-interval", "grpc-keepalive-min-time", "grpc-keepalive-timeout", "host-whitelist",
     "log-outputs", "log-rotation-config-json", "log-package-levels",
     "max-concurrent-streams", "max-snapshots", "max-wals", "metrics", "pre-vote", "proxy", "proxy-dial-timeout",

@@ -63,6 +63,10 @@ pub struct Config {
     pub listen_client_urls: Vec<ListenUrl>,
     /// etcd's `--listen-metrics-urls`: the health endpoints (and metrics) without gRPC.
     pub listen_metrics_urls: Vec<ListenUrl>,
+    /// etcd's `--listen-client-http-urls`: the HTTP endpoints and the JSON
+    /// gateway apart from gRPC; when set, the client URLs serve gRPC only.
+    pub listen_client_http_urls: Vec<ListenUrl>,
+    pub enable_grpc_gateway: bool,
     pub advertise_client_urls: Vec<String>,
     pub initial_advertise_peer_urls: Vec<String>,
     pub initial_cluster: String,
@@ -379,6 +383,21 @@ impl Settings {
             .map(|u| ListenUrl::parse(u).map_err(|e| ConfigError::new(format!("{}: {e}", self.origin(key)))))
             .collect()
     }
+
+    /// Extra client-side listen URLs (none unless set); https ones use the
+    /// client certificate, as in etcd.
+    fn optional_listen_urls(&self, key: &str, what: &str, client: &TransportSecurity) -> Result<Vec<ListenUrl>, ConfigError> {
+        let urls = match self.is_set(key) {
+            true => self.listen_urls(key, "")?,
+            false => Vec::new(),
+        };
+        if urls.iter().any(|u| u.tls) && !client.has_certificate() {
+            return Err(ConfigError::new(format!(
+                "client TLS key/cert (--cert-file, --key-file) must be provided for {what} secure url"
+            )));
+        }
+        Ok(urls)
+    }
 }
 
 /// Go's time.ParseDuration for non-negative values: a sequence of decimal
@@ -530,15 +549,8 @@ impl Config {
         let mut notices = notices;
         notices.extend(tls_policy.notice.clone());
         let client_security = s.transport_security(Port::Client, &listen_client_urls)?;
-        let listen_metrics_urls = match s.is_set("listen-metrics-urls") {
-            true => s.listen_urls("listen-metrics-urls", "")?,
-            false => Vec::new(),
-        };
-        if listen_metrics_urls.iter().any(|u| u.tls) && !client_security.has_certificate() {
-            return Err(ConfigError::new(
-                "client TLS key/cert (--cert-file, --key-file) must be provided for metrics secure url",
-            ));
-        }
+        let listen_metrics_urls = s.optional_listen_urls("listen-metrics-urls", "metrics", &client_security)?;
+        let listen_client_http_urls = s.optional_listen_urls("listen-client-http-urls", "client http", &client_security)?;
         let peer_security = s.transport_security(Port::Peer, &listen_peer_urls)?;
         let bcrypt_cost = s.number("bcrypt-cost", 10)?;
         if !(4..=31).contains(&bcrypt_cost) {
@@ -557,6 +569,8 @@ impl Config {
             listen_peer_urls,
             listen_client_urls,
             listen_metrics_urls,
+            listen_client_http_urls,
+            enable_grpc_gateway: !s.is_set("enable-grpc-gateway") || s.boolean("enable-grpc-gateway")?,
             advertise_client_urls,
             initial_advertise_peer_urls,
             initial_cluster,

@@ -17,10 +17,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_stream::StreamExt;
+use tonic::service::Routes;
 
 pub use node::{Header, Limits, Node};
 
 use crate::api::authority::AuthorityRepair;
+use crate::api::ClientSurface;
 use crate::bootstrap::InitialCluster;
 use crate::config::{ClusterState, Config, ConfigError, ListenUrl};
 use crate::raft::peerpb::peer_server::PeerServer;
@@ -179,9 +181,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!(member_id = format!("{member_id:x}"), cluster_id = format!("{cluster_id:x}"), "joining existing cluster");
     }
 
-    let peer_listeners = bind(&config.listen_peer_urls, "--listen-peer-urls").await?;
-    let client_listeners = bind(&config.listen_client_urls, "--listen-client-urls").await?;
-    let metrics_listeners = bind(&config.listen_metrics_urls, "--listen-metrics-urls").await?;
+    let listeners = Listeners::bind(&config).await?;
 
     let settings = RaftSettings {
         heartbeat_ms: config.heartbeat_interval,
@@ -247,8 +247,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
 
     let peer_message_limit = peer_message_limit(config.max_request_bytes);
-    let listeners = (peer_listeners, client_listeners, metrics_listeners);
-    let mut servers = serve(&node, listeners, &security, peer_message_limit, &stop_rx);
+    let mut servers = serve(&node, listeners, &security, peer_message_limit, config.enable_grpc_gateway, &stop_rx);
     tokio::spawn(publish_self(node.clone(), config.initial_advertise_peer_urls.clone()));
     tokio::spawn(leases::keep_leases(node.clone(), config.lease_checkpoint_interval));
     tokio::spawn(promote_new_voters(node.clone()));
@@ -338,17 +337,33 @@ async fn promote_new_voters(node: Arc<Node>) {
     }
 }
 
-/// Serves Raft on the peer listeners and the client API on the client
-/// listeners until `stop` turns true.
-fn serve(
-    node: &Arc<Node>,
-    (peer_listeners, client_listeners, metrics_listeners): (Vec<Listener>, Vec<Listener>, Vec<Listener>),
-    security: &Security,
-    peer_message_limit: usize,
-    stop: &watch::Receiver<bool>,
-) -> JoinSet<Result<(), tonic::transport::Error>> {
+/// The member's bound listeners, by what they serve.
+struct Listeners {
+    peer: Vec<Listener>,
+    client: Vec<Listener>,
+    client_http: Vec<Listener>,
+    metrics: Vec<Listener>,
+}
+
+impl Listeners {
+    async fn bind(config: &Config) -> anyhow::Result<Listeners> {
+        Ok(Listeners {
+            peer: bind(&config.listen_peer_urls, "--listen-peer-urls").await?,
+            client: bind(&config.listen_client_urls, "--listen-client-urls").await?,
+            client_http: bind(&config.listen_client_http_urls, "--listen-client-http-urls").await?,
+            metrics: bind(&config.listen_metrics_urls, "--listen-metrics-urls").await?,
+        })
+    }
+}
+
+type Servers = JoinSet<Result<(), tonic::transport::Error>>;
+
+/// Serves Raft on the peer listeners and the client API on the others until
+/// `stop` turns true: gRPC and HTTP together on the client URLs, unless
+/// `--listen-client-http-urls` takes HTTP apart.
+fn serve(node: &Arc<Node>, listeners: Listeners, security: &Security, peer_message_limit: usize, gateway: bool, stop: &watch::Receiver<bool>) -> Servers {
     let mut servers = JoinSet::new();
-    for listener in peer_listeners {
+    for listener in listeners.peer {
         let service = PeerServer::new(node.consensus.peer_service())
             .max_decoding_message_size(peer_message_limit)
             .max_encoding_message_size(usize::MAX);
@@ -361,37 +376,42 @@ fn serve(
                 .await
         });
     }
-    for listener in client_listeners {
-        let routes = crate::api::client_routes(node.clone());
-        let stop = wait_for(stop.clone());
-        let tls = security.client.clone().filter(|_| listener.tls);
-        match &tls {
-            Some(_) => tracing::info!(address = %listener.url, "serving client traffic securely"),
-            None => tracing::info!(address = %listener.url, "serving client traffic insecurely; this is strongly discouraged!"),
-        }
-        let connections = tls::connections(listener.tcp, tls).map(|accepted| accepted.map(AuthorityRepair::new));
-        servers.spawn(async move {
-            tonic::transport::Server::builder()
-                .accept_http1(true)
-                .add_routes(routes)
-                .serve_with_incoming_shutdown(connections, stop)
-                .await
-        });
+    let client_surface = match listeners.client_http.is_empty() {
+        true => ClientSurface::GrpcAndHttp,
+        false => ClientSurface::Grpc,
+    };
+    for listener in listeners.client {
+        let routes = crate::api::client_routes(node.clone(), client_surface, gateway);
+        serve_client_side(&mut servers, listener, routes, security, stop, "client traffic");
     }
-    for listener in metrics_listeners {
-        let routes = tonic::service::Routes::from(crate::api::http::metrics_router(node.clone()));
-        let stop = wait_for(stop.clone());
-        let tls = security.client.clone().filter(|_| listener.tls);
-        tracing::info!(address = %listener.url, "serving metrics and health endpoints");
-        servers.spawn(async move {
-            tonic::transport::Server::builder()
-                .accept_http1(true)
-                .add_routes(routes)
-                .serve_with_incoming_shutdown(tls::connections(listener.tcp, tls), stop)
-                .await
-        });
+    for listener in listeners.client_http {
+        let routes = crate::api::client_routes(node.clone(), ClientSurface::Http, gateway);
+        serve_client_side(&mut servers, listener, routes, security, stop, "client HTTP traffic");
+    }
+    for listener in listeners.metrics {
+        let routes = Routes::from(crate::api::http::metrics_router(node.clone()));
+        serve_client_side(&mut servers, listener, routes, security, stop, "metrics and health endpoints");
     }
     servers
+}
+
+/// Serves `routes` on a listener that clients reach (with the client
+/// certificate when it is https), HTTP/1 and HTTP/2 alike.
+fn serve_client_side(servers: &mut Servers, listener: Listener, routes: Routes, security: &Security, stop: &watch::Receiver<bool>, what: &str) {
+    let stop = wait_for(stop.clone());
+    let tls = security.client.clone().filter(|_| listener.tls);
+    match &tls {
+        Some(_) => tracing::info!(address = %listener.url, "serving {what} securely"),
+        None => tracing::info!(address = %listener.url, "serving {what} insecurely; this is strongly discouraged!"),
+    }
+    let connections = tls::connections(listener.tcp, tls).map(|accepted| accepted.map(AuthorityRepair::new));
+    servers.spawn(async move {
+        tonic::transport::Server::builder()
+            .accept_http1(true)
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(connections, stop)
+            .await
+    });
 }
 
 /// etcd_server_leader_changes_seen_total: every new leader this member sees.

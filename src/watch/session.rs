@@ -131,9 +131,10 @@ impl Session {
         }
     }
 
-    /// Serves the stream until the client closes it or goes away, or `ended`
-    /// completes (the member stops, or lost its leader): the stream then ends
-    /// with that error.
+    /// Serves the stream until the client goes away, or `ended` completes
+    /// (the member stops, or lost its leader): the stream then ends with that
+    /// error. A client that only closes its side (the JSON gateway's watch
+    /// does once its request body ends) keeps its watchers, as in etcd.
     pub async fn run(mut self, requests: impl Stream<Item = Request>, ended: impl std::future::Future<Output = KvError>) {
         let mut applied = self.hub.subscribe();
         let mut progress_tick = tokio::time::interval_at(
@@ -142,6 +143,7 @@ impl Session {
         );
         futures::pin_mut!(requests);
         futures::pin_mut!(ended);
+        let mut requests_open = true;
         loop {
             let upto = *applied.borrow_and_update();
             let behind = self.watchers.values().any(|w| w.next_revision <= upto);
@@ -157,10 +159,14 @@ impl Session {
                     let _ = self.out.send(Err(error)).await;
                     return;
                 }
-                request = requests.next() => match request {
+                request = requests.next(), if requests_open => match request {
                     Some(request) => self.handle(request, upto).await,
-                    None => return,
+                    None => {
+                        requests_open = false;
+                        Ok(())
+                    }
                 },
+                () = self.out.closed() => return,
                 changed = applied.changed(), if !behind => match changed {
                     Ok(()) => Ok(()),
                     Err(_) => return, // the member is stopping

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use etcd_client::proto::{
     PbCompactionRequest, PbCompactionResponse, PbCompare, PbCompareTarget, PbDeleteRequest, PbDeleteResponse,
     PbKvService, PbPutRequest, PbPutResponse, PbRangeRequest, PbRangeResponse, PbRangeStreamResponse,
-    PbResponseOp, PbTargetUnion, PbTxnOpRequest, PbTxnOpResponse, PbTxnRequest, PbTxnRequestOp, PbTxnResponse,
+    PbResponseHeader, PbResponseOp, PbTargetUnion, PbTxnOpRequest, PbTxnOpResponse, PbTxnRequest, PbTxnRequestOp, PbTxnResponse,
 };
 use prost::Message;
 use tonic::{Request, Response, Status};
@@ -169,39 +169,38 @@ fn txn_args(t: PbTxnRequest, max_ops: u64) -> Result<TxnArgs, KvError> {
     })
 }
 
-fn range_response(node: &Node, r: RangeResult, revision: i64) -> PbRangeResponse {
-    PbRangeResponse {
-        header: header(node, revision),
-        kvs: r.kvs.into_iter().map(to_pb_kv).collect(),
-        more: r.more,
-        count: r.count,
-    }
+fn range_response(header: Option<PbResponseHeader>, r: RangeResult) -> PbRangeResponse {
+    PbRangeResponse { header, kvs: r.kvs.into_iter().map(to_pb_kv).collect(), more: r.more, count: r.count }
 }
 
-fn txn_response(node: &Node, result: OpResult, revision: i64) -> PbTxnResponse {
+/// As etcd answers a txn: the ops' responses carry only the revision in
+/// their headers, and a nested txn's header is empty.
+fn txn_response(header: Option<PbResponseHeader>, result: OpResult, revision: i64) -> PbTxnResponse {
     let OpResult::Txn { succeeded, responses } = result else {
         unreachable!("a txn yields a txn result")
     };
+    let op_header = || Some(PbResponseHeader { revision, ..Default::default() });
     let responses = responses
         .into_iter()
         .map(|r| PbResponseOp {
             response: Some(match r {
-                OpResult::Range(r) => PbTxnOpResponse::ResponseRange(range_response(node, r, revision)),
-                OpResult::Put { prev_kv } => PbTxnOpResponse::ResponsePut(PbPutResponse {
-                    header: header(node, revision),
-                    prev_kv: prev_kv.map(to_pb_kv),
-                }),
+                OpResult::Range(r) => PbTxnOpResponse::ResponseRange(range_response(op_header(), r)),
+                OpResult::Put { prev_kv } => {
+                    PbTxnOpResponse::ResponsePut(PbPutResponse { header: op_header(), prev_kv: prev_kv.map(to_pb_kv) })
+                }
                 OpResult::Delete { deleted, prev_kvs } => PbTxnOpResponse::ResponseDeleteRange(PbDeleteResponse {
-                    header: header(node, revision),
+                    header: op_header(),
                     deleted,
                     prev_kvs: prev_kvs.into_iter().map(to_pb_kv).collect(),
                 }),
-                nested @ OpResult::Txn { .. } => PbTxnOpResponse::ResponseTxn(txn_response(node, nested, revision)),
+                nested @ OpResult::Txn { .. } => {
+                    PbTxnOpResponse::ResponseTxn(txn_response(Some(PbResponseHeader::default()), nested, revision))
+                }
                 OpResult::Done => unreachable!("txn ops report results"),
             }),
         })
         .collect();
-    PbTxnResponse { header: header(node, revision), succeeded, responses }
+    PbTxnResponse { header, succeeded, responses }
 }
 
 #[tonic::async_trait]
@@ -213,7 +212,7 @@ impl PbKvService for KvService {
         let serializable = r.serializable;
         let args = checked_range_args(r).map_err(status)?;
         let (result, revision) = self.node.range(&caller, args, serializable).await.map_err(status)?;
-        Ok(Response::new(range_response(&self.node, result, revision)))
+        Ok(Response::new(range_response(header(&self.node, revision), result)))
     }
 
     type RangeStreamStream = futures::stream::Empty<Result<PbRangeStreamResponse, Status>>;
@@ -256,7 +255,7 @@ impl PbKvService for KvService {
         } else {
             self.commit(&caller, Op::Txn(args)).await?
         };
-        Ok(Response::new(txn_response(&self.node, result, revision)))
+        Ok(Response::new(txn_response(header(&self.node, revision), result, revision)))
     }
 
     async fn compact(&self, request: Request<PbCompactionRequest>) -> Result<Response<PbCompactionResponse>, Status> {

@@ -138,7 +138,7 @@ impl PbWatchService for WatchService {
             return Err(status(KvError::NoLeader));
         }
         let permitted = watch_permission(node.clone(), caller(&node, &request).await);
-        // A broken inbound stream ends the session like a closed one.
+        // A broken inbound stream counts as one the client closed.
         let requests = request
             .into_inner()
             .take_while(|r| std::future::ready(r.is_ok()))

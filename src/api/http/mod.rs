@@ -1,6 +1,7 @@
 //! etcd's HTTP endpoints on the client port: the health endpoints
-//! (`health`), /metrics, and /version.
+//! (`health`), /metrics, /version, and the JSON gateway (`gateway`).
 
+pub mod gateway;
 mod health;
 mod metrics;
 
