@@ -186,6 +186,8 @@ fn gateway_errors_and_listeners() {
     // etcd 3.4 answers {} here; 3.5 fills in the header, as cairn does.
     let alarms = post(&http, "/v3/maintenance/alarm", r#"{"action":"GET"}"#, None);
     assert!(alarms.starts_with(r#"200 {"header":{"cluster_id":"#), "{alarms}");
+    let old_path = post(&http, "/v3beta/kv/range", r#"{"key":"aw=="}"#, None);
+    assert!(old_path.starts_with("200 ") && old_path.contains(r#""value":"dg==""#), "etcd 3.4's /v3beta: {old_path}");
     let bad = post(&http, "/v3/kv/range", r#"{"key":"aw==""#, None);
     assert!(bad.starts_with(r#"400 {"error":"#) && bad.ends_with(r#""code":3}"#), "{bad}");
     let health = Command::new("curl").args(["-s", &format!("http://{http}/health")]).output().unwrap();

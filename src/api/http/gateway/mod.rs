@@ -85,6 +85,10 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("/v3/election/resign", "v3electionpb.Election", "Resign"),
 ];
 
+/// etcd 3.4 also serves every path under `/v3beta`, which tooz's etcd3gw
+/// driver uses.
+const OLD_PREFIX: &str = "/v3beta";
+
 /// Routes every gateway path to `grpc`, the member's gRPC services.
 pub fn routes(grpc: Router, max_request_bytes: usize) -> Router {
     // Base64 makes bytes a third longer, and JSON adds names and quotes.
@@ -92,7 +96,9 @@ pub fn routes(grpc: Router, max_request_bytes: usize) -> Router {
     ROUTES.iter().fold(Router::new(), |router, &(path, service, method)| {
         let method = method_descriptor(service, method);
         let grpc = grpc.clone();
-        router.route(path, post(move |request: Request| call(grpc.clone(), method.clone(), max_body_bytes, request)))
+        let handler = post(move |request: Request| call(grpc.clone(), method.clone(), max_body_bytes, request));
+        let old_path = path.replacen("/v3", OLD_PREFIX, 1);
+        router.route(path, handler.clone()).route(&old_path, handler)
     })
 }
 
