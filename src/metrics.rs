@@ -3,11 +3,12 @@
 //! where the work happens (the log's fsync thread, the state database's
 //! commits, the gRPC routes); gauges of state are read when scraped.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::LazyLock;
 
 use prometheus::{
-    exponential_buckets, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -28,6 +29,19 @@ pub struct Metrics {
     pub txns: IntCounter,
     pub grpc_started: IntCounterVec,
     pub grpc_handled: IntCounterVec,
+    /// Registered, and recorded, only with `--metrics extensive`, as in etcd.
+    pub grpc_handling_seconds: HistogramVec,
+    extensive: AtomicBool,
+    pub slow_applies: IntCounter,
+    pub heartbeat_send_failures: IntCounter,
+    pub db_in_use_bytes: IntGauge,
+    pub keys: IntGauge,
+    pub watchers: IntGauge,
+    pub peer_sent_bytes: IntCounterVec,
+    pub peer_received_bytes: IntCounterVec,
+    pub peer_round_trip_seconds: HistogramVec,
+    pub client_grpc_sent_bytes: IntCounter,
+    pub client_grpc_received_bytes: IntCounter,
 }
 
 fn registered<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: prometheus::Result<M>) -> M {
@@ -52,7 +66,10 @@ impl Metrics {
         let server = |name: &str, help: &str| opts("etcd", "server", name, help);
         let mvcc = |name: &str, help: &str| opts("etcd", "mvcc", name, help);
         let grpc = |name: &str, help: &str| opts("grpc", "server", name, help);
+        let network = |name: &str, help: &str| opts("etcd", "network", name, help);
         let grpc_labels = ["grpc_type", "grpc_service", "grpc_method"];
+        let counter = |o: Opts| registered(&r, IntCounter::with_opts(o));
+        let gauge = |o: Opts| registered(&r, IntGauge::with_opts(o));
         let version = registered(
             &r,
             IntGaugeVec::new(server("version", "Which version is running. 1 for 'server_version' label with current version."), &["server_version"]),
@@ -60,25 +77,13 @@ impl Metrics {
         version.with_label_values(&[crate::api::grpc::ETCD_VERSION]).set(1);
         r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self())).expect("process metrics");
         Metrics {
-            has_leader: registered(&r, IntGauge::with_opts(server("has_leader", "Whether or not a leader exists. 1 is existence, 0 is not."))),
-            is_leader: registered(&r, IntGauge::with_opts(server("is_leader", "Whether or not this member is a leader. 1 if is, 0 otherwise."))),
-            leader_changes_seen: registered(&r, IntCounter::with_opts(server("leader_changes_seen_total", "The number of leader changes seen."))),
-            proposals_committed: registered(
-                &r,
-                IntGauge::with_opts(server("proposals_committed_total", "The total number of consensus proposals committed.")),
-            ),
-            proposals_applied: registered(
-                &r,
-                IntGauge::with_opts(server("proposals_applied_total", "The total number of consensus proposals applied.")),
-            ),
-            proposals_pending: registered(
-                &r,
-                IntGauge::with_opts(server("proposals_pending", "The current number of pending proposals to commit.")),
-            ),
-            proposals_failed: registered(
-                &r,
-                IntCounter::with_opts(server("proposals_failed_total", "The total number of failed proposals seen.")),
-            ),
+            has_leader: gauge(server("has_leader", "Whether or not a leader exists. 1 is existence, 0 is not.")),
+            is_leader: gauge(server("is_leader", "Whether or not this member is a leader. 1 if is, 0 otherwise.")),
+            leader_changes_seen: counter(server("leader_changes_seen_total", "The number of leader changes seen.")),
+            proposals_committed: gauge(server("proposals_committed_total", "The total number of consensus proposals committed.")),
+            proposals_applied: gauge(server("proposals_applied_total", "The total number of consensus proposals applied.")),
+            proposals_pending: gauge(server("proposals_pending", "The current number of pending proposals to commit.")),
+            proposals_failed: counter(server("proposals_failed_total", "The total number of failed proposals seen.")),
             wal_fsync_seconds: registered(
                 &r,
                 Histogram::with_opts(disk_seconds("disk", "wal_fsync_duration_seconds", "The latency distributions of fsync called by WAL.")),
@@ -91,14 +96,11 @@ impl Metrics {
                     "The latency distributions of commit called by backend.",
                 )),
             ),
-            db_total_size_bytes: registered(
-                &r,
-                IntGauge::with_opts(mvcc("db_total_size_in_bytes", "Total size of the underlying database physically allocated in bytes.")),
-            ),
-            puts: registered(&r, IntCounter::with_opts(mvcc("put_total", "Total number of puts seen by this member."))),
-            deletes: registered(&r, IntCounter::with_opts(mvcc("delete_total", "Total number of deletes seen by this member."))),
-            ranges: registered(&r, IntCounter::with_opts(mvcc("range_total", "Total number of ranges seen by this member."))),
-            txns: registered(&r, IntCounter::with_opts(mvcc("txn_total", "Total number of txns seen by this member."))),
+            db_total_size_bytes: gauge(mvcc("db_total_size_in_bytes", "Total size of the underlying database physically allocated in bytes.")),
+            puts: counter(mvcc("put_total", "Total number of puts seen by this member.")),
+            deletes: counter(mvcc("delete_total", "Total number of deletes seen by this member.")),
+            ranges: counter(mvcc("range_total", "Total number of ranges seen by this member.")),
+            txns: counter(mvcc("txn_total", "Total number of txns seen by this member.")),
             grpc_started: registered(
                 &r,
                 IntCounterVec::new(grpc("started_total", "Total number of RPCs started on the server."), &grpc_labels),
@@ -110,8 +112,49 @@ impl Metrics {
                     &["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
                 ),
             ),
+            grpc_handling_seconds: HistogramVec::new(
+                HistogramOpts::new("handling_seconds", "Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.")
+                    .namespace("grpc")
+                    .subsystem("server"),
+                &grpc_labels,
+            )
+            .expect("metric names and labels are fixed"),
+            extensive: AtomicBool::new(false),
+            slow_applies: counter(server("slow_apply_total", "The total number of slow apply requests (likely overloaded from slow disk).")),
+            heartbeat_send_failures: counter(server("heartbeat_send_failures_total", "The total number of leader heartbeat send failures (likely overloaded from slow disk).")),
+            db_in_use_bytes: gauge(mvcc("db_total_size_in_use_in_bytes", "Total size of the underlying database logically in use in bytes.")),
+            keys: gauge(opts("etcd_debugging", "mvcc", "keys_total", "Total number of keys.")),
+            watchers: gauge(mvcc("watcher_total", "Total number of watchers.")),
+            peer_sent_bytes: registered(&r, IntCounterVec::new(network("peer_sent_bytes_total", "The total number of bytes sent to peers."), &["To"])),
+            peer_received_bytes: registered(
+                &r,
+                IntCounterVec::new(network("peer_received_bytes_total", "The total number of bytes received from peers."), &["From"]),
+            ),
+            peer_round_trip_seconds: registered(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new("peer_round_trip_time_seconds", "Round-Trip-Time histogram between peers")
+                        .namespace("etcd")
+                        .subsystem("network")
+                        .buckets(exponential_buckets(0.0001, 2.0, 16).expect("fixed buckets")),
+                    &["To"],
+                ),
+            ),
+            client_grpc_sent_bytes: counter(network("client_grpc_sent_bytes_total", "The total number of bytes sent to grpc clients.")),
+            client_grpc_received_bytes: counter(network("client_grpc_received_bytes_total", "The total number of bytes received from grpc clients.")),
             registry: r,
         }
+    }
+
+    /// `--metrics extensive`: adds the gRPC handling-time histograms.
+    pub fn enable_extensive(&self) {
+        if !self.extensive.swap(true, Ordering::AcqRel) {
+            self.registry.register(Box::new(self.grpc_handling_seconds.clone())).expect("registered once");
+        }
+    }
+
+    pub fn extensive(&self) -> bool {
+        self.extensive.load(Ordering::Relaxed)
     }
 
     /// The Prometheus text format of every metric.

@@ -46,7 +46,7 @@ fn value(samples: &BTreeMap<String, f64>, name: &str) -> f64 {
 #[test]
 fn metrics_have_etcds_names_and_grow_with_the_work() {
     let metrics = format!("127.0.0.1:{}", free_port());
-    let (_dir, m) = single_member(&[&format!("--listen-metrics-urls=http://{metrics}")]);
+    let (_dir, m) = single_member(&[&format!("--listen-metrics-urls=http://{metrics}"), "--metrics=extensive"]);
     let before = scrape(&metrics);
     assert_eq!(value(&before, "etcd_server_has_leader{}"), 1.0);
     assert_eq!(value(&before, "etcd_server_is_leader{}"), 1.0);
@@ -70,6 +70,32 @@ fn metrics_have_etcds_names_and_grow_with_the_work() {
     assert_eq!(value(&after, &format!("grpc_server_started_total{{{started}}}")), 20.0);
     let future = r#"grpc_code="OutOfRange",grpc_method="Range",grpc_service="etcdserverpb.KV",grpc_type="unary""#;
     assert_eq!(value(&after, &format!("grpc_server_handled_total{{{future}}}")), 1.0);
+    assert_eq!(value(&after, &format!("grpc_server_handling_seconds_count{{{started}}}")), 20.0, "--metrics extensive");
+    assert!(value(&after, "etcd_debugging_mvcc_keys_total{}") >= 1.0);
+    assert!(value(&after, "etcd_mvcc_db_total_size_in_use_in_bytes{}") > 0.0);
+    assert!(value(&after, "etcd_network_client_grpc_received_bytes_total{}") > 20.0 * 4.0);
+    assert!(value(&after, "etcd_network_client_grpc_sent_bytes_total{}") > 20.0 * 4.0);
+
+    let watchers = || value(&scrape(&metrics), "etcd_mvcc_watcher_total{}");
+    assert_eq!(watchers(), 0.0);
+    let mut watch = etcdctl_command(&m.endpoint(), &["watch", "k", "--prefix"]).stdout(Stdio::null()).spawn().unwrap();
+    wait_until(|| watchers() == 1.0, "the watch counted");
+    watch.kill().unwrap();
+    watch.wait().unwrap();
+    wait_until(|| watchers() == 0.0, "the watch uncounted when its stream ends");
+}
+
+fn wait_until(done: impl Fn() -> bool, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The sum of every sample of `name` whatever its labels.
+fn total(samples: &BTreeMap<String, f64>, name: &str) -> f64 {
+    samples.iter().filter(|(k, _)| k.starts_with(&format!("{name}{{"))).map(|(_, v)| v).sum()
 }
 
 #[test]
@@ -80,6 +106,11 @@ fn leader_changes_seen_grows_when_the_leader_is_killed() {
     let leader = rt.block_on(leader_index(&members));
     let witness = (leader + 1) % 3;
     let seen = |m: &Member| value(&scrape(&m.endpoint()), "etcd_server_leader_changes_seen_total{}");
+    let on_leader = scrape(&members[leader].endpoint());
+    let to_peers = r#"etcd_network_peer_round_trip_time_seconds_count{To=""#;
+    assert_eq!(on_leader.keys().filter(|k| k.starts_with(to_peers)).count(), 2, "heartbeats timed to both followers");
+    assert!(total(&on_leader, "etcd_network_peer_sent_bytes_total") > 0.0);
+    assert!(total(&scrape(&members[witness].endpoint()), "etcd_network_peer_received_bytes_total") > 0.0);
     let before = seen(&members[witness]);
     assert!(before >= 1.0);
     members[leader].kill9();
@@ -89,4 +120,10 @@ fn leader_changes_seen_grows_when_the_leader_is_killed() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(value(&scrape(&members[witness].endpoint()), "etcd_server_has_leader{}"), 1.0);
+    let new_leader = (0..3).find(|&i| i != leader && value(&scrape(&members[i].endpoint()), "etcd_server_is_leader{}") == 1.0);
+    let new_leader = &members[new_leader.expect("one of the two leads")];
+    wait_until(
+        || value(&scrape(&new_leader.endpoint()), "etcd_server_heartbeat_send_failures_total{}") > 0.0,
+        "heartbeats to the killed member fail",
+    );
 }

@@ -59,6 +59,7 @@ pub const SUPPORTED: &[&str] = &[
     "listen-metrics-urls",
     "listen-client-http-urls",
     "enable-grpc-gateway",
+    "metrics",
 ];
 
 /// Go boolean flags: a bare `--name` means true, and only `--name=false` sets false.
@@ -80,7 +81,7 @@ pub const UNSUPPORTED: &[&str] = &[
     "enable-log-rotation", "enable-pprof", "enable-v2", "force-new-cluster",
     "grpc-keepalive-interval", "grpc-keepalive-min-time", "grpc-keepalive-timeout", "host-whitelist",
     "log-outputs", "log-rotation-config-json", "log-package-levels",
-    "max-concurrent-streams", "max-snapshots", "max-wals", "metrics", "pre-vote", "proxy", "proxy-dial-timeout",
+    "max-concurrent-streams", "max-snapshots", "max-wals", "pre-vote", "proxy", "proxy-dial-timeout",
     "proxy-failure-wait", "proxy-read-timeout", "proxy-refresh-interval", "proxy-write-timeout",
     "socket-reuse-address", "socket-reuse-port", "unsafe-no-fsync", "v2-deprecation", "client-cert-file",
     "client-key-file", "peer-client-cert-file", "peer-client-key-file", "peer-skip-client-san-verification",

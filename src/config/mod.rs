@@ -67,6 +67,8 @@ pub struct Config {
     /// gateway apart from gRPC; when set, the client URLs serve gRPC only.
     pub listen_client_http_urls: Vec<ListenUrl>,
     pub enable_grpc_gateway: bool,
+    /// `--metrics extensive`: gRPC handling-time histograms too.
+    pub metrics_extensive: bool,
     pub advertise_client_urls: Vec<String>,
     pub initial_advertise_peer_urls: Vec<String>,
     pub initial_cluster: String,
@@ -571,6 +573,7 @@ impl Config {
             listen_metrics_urls,
             listen_client_http_urls,
             enable_grpc_gateway: !s.is_set("enable-grpc-gateway") || s.boolean("enable-grpc-gateway")?,
+            metrics_extensive: s.one_of("metrics", "basic", &["basic", "extensive"])? == "extensive",
             advertise_client_urls,
             initial_advertise_peer_urls,
             initial_cluster,

@@ -26,6 +26,7 @@ use super::dial::Dialer;
 use super::peerpb::peer_client::PeerClient;
 use super::peerpb::Payload;
 use super::{decode, encode, PeerNode, TypeConfig};
+use crate::metrics::METRICS;
 
 /// Channels to the other members, shared by Raft replication and forwarding.
 #[derive(Clone)]
@@ -142,6 +143,9 @@ impl Peers {
         data: Vec<u8>,
     ) -> Result<Resp, CallError> {
         let mut client = self.client(id, node)?;
+        // Counted where requests are sent: their bytes and their answers'.
+        let peer = format!("{id:x}");
+        METRICS.peer_sent_bytes.with_label_values(&[&peer]).inc_by(data.len() as u64);
         let mut req = tonic::Request::new(Payload { data });
         if let Some(t) = timeout {
             req.set_timeout(t);
@@ -162,7 +166,9 @@ impl Peers {
             }
         }
         self.record_health(id, reply.is_ok());
-        Ok(decode(&reply?.into_inner().data)?)
+        let reply = reply?.into_inner();
+        METRICS.peer_received_bytes.with_label_values(&[&peer]).inc_by(reply.data.len() as u64);
+        Ok(decode(&reply.data)?)
     }
 }
 
@@ -246,6 +252,7 @@ impl PeerConnection {
         file.seek(SeekFrom::Start(0)).await.map_err(|e| unreachable(&e))?;
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let header = Payload { data: encode(&(&vote, &snapshot.meta, size)) };
+        let target = self.target;
         let feed = async move {
             tx.send(header).await.ok();
             loop {
@@ -254,6 +261,7 @@ impl PeerConnection {
                 if data.is_empty() {
                     return Ok(());
                 }
+                METRICS.peer_sent_bytes.with_label_values(&[&format!("{target:x}")]).inc_by(data.len() as u64);
                 match tokio::time::timeout(stalled, tx.send(Payload { data })).await {
                     Err(_) => return Err(std::io::Error::other(format!("the follower took no snapshot data for {stalled:?}"))),
                     // The call ended early: its answer says why.
@@ -297,7 +305,22 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             let hint = (entries * MAX_APPEND_BYTES / request.len()).max(1) as u64;
             return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(hint)));
         }
-        self.raft_call(Method::AppendEntries, request, &option).await
+        if entries > 0 {
+            return self.raft_call(Method::AppendEntries, request, &option).await;
+        }
+        // A heartbeat: no entries, so no fsync on the follower; its time is
+        // the round trip etcd's prober measures.
+        let sent = Instant::now();
+        let answer = self.raft_call(Method::AppendEntries, request, &option).await;
+        match &answer {
+            Ok(_) => METRICS
+                .peer_round_trip_seconds
+                .with_label_values(&[&format!("{:x}", self.target)])
+                .observe(sent.elapsed().as_secs_f64()),
+            Err(RPCError::Unreachable(_) | RPCError::Network(_)) => METRICS.heartbeat_send_failures.inc(),
+            Err(_) => {}
+        }
+        answer
     }
 
     async fn full_snapshot(

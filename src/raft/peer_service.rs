@@ -7,6 +7,8 @@ use std::time::Duration;
 use openraft::{Snapshot, Vote};
 use tokio::io::AsyncWriteExt;
 use tonic::metadata::MetadataMap;
+
+use crate::metrics::METRICS;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::members::{ClusterInfo, MemberChange, Members};
@@ -34,6 +36,10 @@ pub struct PeerService {
 }
 
 fn payload<T: serde::de::DeserializeOwned>(req: Request<Payload>) -> Result<T, Status> {
+    if let Some(sender) = credentials::sender(req.metadata()) {
+        let bytes = req.get_ref().data.len() as u64;
+        METRICS.peer_received_bytes.with_label_values(&[&format!("{sender:x}")]).inc_by(bytes);
+    }
     decoded(&req.into_inner())
 }
 

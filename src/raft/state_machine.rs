@@ -3,12 +3,14 @@
 //! snapshots are files (`snapshots`).
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageError, StorageIOError};
 
 use super::snapshots::{applied_state, Meta, SnapshotData, Snapshots};
 use super::{decode, encode, LogId, StoredMembership, TypeConfig};
+use crate::metrics::METRICS;
 use crate::store::types::{Command, CommandResult, KvError};
 use crate::store::Store;
 use crate::lease::Lessor;
@@ -30,6 +32,9 @@ fn sm_error(verb: ErrorVerb, e: impl ToString) -> StorageError<u64> {
 /// (applied log id, membership) as recorded with every applied entry.
 type RaftState = (Option<LogId>, StoredMembership);
 
+/// etcd warns of (and counts) an apply slower than this.
+const SLOW_APPLY: Duration = Duration::from_millis(100);
+
 impl StateMachine {
     pub fn new(store: Arc<Store>, hub: Arc<Hub>, lessor: Arc<Lessor>, snapshots: Arc<Snapshots>) -> StateMachine {
         StateMachine { store, hub, lessor, snapshots }
@@ -44,8 +49,14 @@ impl StateMachine {
         raft_state: &[u8],
         progress: Option<&[u8]>,
     ) -> Result<CommandResult, StorageError<u64>> {
+        let started = Instant::now();
         let (result, changes) =
             self.store.apply(command, raft_state, progress).map_err(|e| sm_error(ErrorVerb::Write, e))?;
+        let took = started.elapsed();
+        if took > SLOW_APPLY {
+            METRICS.slow_applies.inc();
+            tracing::warn!(took = ?took, expected_duration = ?SLOW_APPLY, "apply request took too long");
+        }
         if let Some(changes) = changes {
             self.hub.publish(changes);
         }

@@ -252,6 +252,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(leases::keep_leases(node.clone(), config.lease_checkpoint_interval));
     tokio::spawn(promote_new_voters(node.clone()));
     tokio::spawn(count_leader_changes(node.clone()));
+    if config.metrics_extensive {
+        crate::metrics::METRICS.enable_extensive();
+    }
     tokio::spawn(compaction::remove_compacted_versions(node.store.clone(), node.stopping.clone()));
     if let Some(mode) = config.auto_compaction {
         tokio::spawn(compaction::auto_compact(node.clone(), mode));

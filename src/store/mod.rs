@@ -417,6 +417,13 @@ impl Store {
         self.sync()
     }
 
+    /// About how many keys exist now: RocksDB's estimate for the latest
+    /// versions, read without a scan.
+    pub fn estimated_keys(&self) -> u64 {
+        let latest = Cfs::handle(&self.db, Cfs::LATEST);
+        self.db.property_int_value_cf(latest, "rocksdb.estimate-num-keys").ok().flatten().unwrap_or(0)
+    }
+
     /// Bytes on disk (SST files plus memtables), for Status and the space quota.
     pub fn size_bytes(&self) -> u64 {
         let prop = |name: &str| -> u64 {

@@ -16,6 +16,7 @@ use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 
 use super::Hub;
+use crate::metrics::METRICS;
 use crate::store::types::{Change, KvError, RevisionChanges};
 use crate::store::{RangeEnd, Store};
 
@@ -111,6 +112,13 @@ pub struct Session {
     progress_requested: bool,
 }
 
+/// etcd_mvcc_watcher_total counts the watchers of every open stream.
+impl Drop for Session {
+    fn drop(&mut self) {
+        METRICS.watchers.sub(self.watchers.len() as i64);
+    }
+}
+
 impl Session {
     pub fn new(
         hub: Arc<Hub>,
@@ -190,6 +198,7 @@ impl Session {
             Request::Cancel(watch_id) => {
                 // etcd ignores a cancel of a watch id it does not know.
                 if self.watchers.remove(&watch_id).is_some() {
+                    METRICS.watchers.dec();
                     self.send(Output::Canceled { watch_id, revision: upto }).await?;
                 }
                 Ok(())
@@ -241,6 +250,7 @@ impl Session {
             fragment: args.fragment,
         };
         self.watchers.insert(watch_id, watcher);
+        METRICS.watchers.inc();
         Ok(())
     }
 
@@ -290,6 +300,7 @@ impl Session {
             .collect();
         for watch_id in compacted {
             self.watchers.remove(&watch_id);
+            METRICS.watchers.dec();
             self.send(Output::Compacted { watch_id, revision: upto, compact_revision }).await?;
         }
         let from = from.max(compact_revision);

@@ -24,6 +24,10 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     METRICS.proposals_applied.set(applied);
     // openraft 0.9 reports no commit index: what is applied was committed.
     METRICS.proposals_committed.set(applied.max(METRICS.proposals_committed.get()));
-    METRICS.db_total_size_bytes.set(node.store.size_bytes() as i64);
+    // RocksDB keeps no free pages: every byte it holds is in use.
+    let size = node.store.size_bytes() as i64;
+    METRICS.db_total_size_bytes.set(size);
+    METRICS.db_in_use_bytes.set(size);
+    METRICS.keys.set(node.store.estimated_keys() as i64);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], METRICS.render())
 }
