@@ -61,6 +61,29 @@ enum Attempt<T> {
     Retry,
 }
 
+/// The leader's answer to a lease query. A renewal first confirms with a
+/// quorum round that this member still leads: a leader cut off from its
+/// majority must not keep alive a lease the majority will expire and whose
+/// lock it will hand to someone else (etcd gets this from CheckQuorum). A
+/// round that finds no quorum within `patience` fails the renewal.
+pub(super) async fn answer_lease_query(
+    lessor: &Lessor,
+    leader_reads: &ReadIndexRounds,
+    patience: Duration,
+    query: LeaseQuery,
+) -> Result<LeaseStatus, KvError> {
+    if let LeaseQuery::Renew(_) = query {
+        match tokio::time::timeout(patience, leader_reads.read_index()).await {
+            Ok(Ok(_)) => {}
+            // Another member leads now: the caller asks it.
+            Ok(Err(PeerRefusal::NotLeader(_))) => return Err(KvError::NoLeader),
+            Ok(Err(PeerRefusal::Stopped)) => return Err(KvError::Stopped),
+            Ok(Err(_)) | Err(_) => return Err(KvError::Timeout),
+        }
+    }
+    lessor.answer(query)
+}
+
 impl Consensus {
     pub async fn start(
         (member_id, cluster_id): (u64, u64),
@@ -202,7 +225,7 @@ impl Consensus {
 
     /// The members of the current configuration, as the Cluster API shows them.
     pub async fn cluster(&self) -> Result<ClusterInfo, KvError> {
-        self.members.view().await.map_err(|e| KvError::Internal(e.to_string()))
+        self.members.view().await
     }
 
     /// Adds, removes, updates or promotes a member (on the leader, wherever
@@ -257,7 +280,7 @@ impl Consensus {
             if membership.is_some() && membership != checked && applied >= membership {
                 checked = membership;
                 let (store, id) = (self.store.clone(), self.member_id);
-                if tokio::task::spawn_blocking(move || store.is_removed(id)).await.unwrap_or(false) {
+                if matches!(tokio::task::spawn_blocking(move || store.is_removed(id)).await, Ok(Ok(true))) {
                     return;
                 }
             }
@@ -333,7 +356,7 @@ impl Consensus {
     pub async fn lease_query(&self, query: LeaseQuery) -> Result<LeaseStatus, KvError> {
         self.with_leader(|leader, remaining| async move {
             let answer = if leader == self.member_id {
-                self.lessor.answer(query)
+                answer_lease_query(&self.lessor, &self.leader_reads, self.election_timeout, query).await
             } else {
                 let Some(node) = self.leader_node(leader) else { return Attempt::Retry };
                 match self.peers.call(leader, &node, Some(remaining), Method::Lease, &query).await {

@@ -124,7 +124,7 @@ impl Members {
     }
 
     /// The membership now, with the store's records read on a blocking thread.
-    async fn current(&self) -> Result<Current, tokio::task::JoinError> {
+    async fn current(&self) -> Result<Current, KvError> {
         let (nodes, voters) = {
             let metrics = self.raft.metrics();
             let m = metrics.borrow();
@@ -135,15 +135,16 @@ impl Members {
         let store = self.store.clone();
         let has_learners = nodes.len() > voters.len();
         let (published, pending) = tokio::task::spawn_blocking(move || {
-            (store.members(), if has_learners { store.pending_voters() } else { Vec::new() })
+            Ok::<_, KvError>((store.members()?, if has_learners { store.pending_voters()? } else { Vec::new() }))
         })
-        .await?;
+        .await
+        .map_err(|e| KvError::Internal(e.to_string()))??;
         Ok(Current { nodes, voters, published, pending })
     }
 
     /// Every member with the name and client URLs it published; a learner
     /// that waits to become a voter is shown as the voter it will be.
-    pub async fn view(&self) -> Result<ClusterInfo, tokio::task::JoinError> {
+    pub async fn view(&self) -> Result<ClusterInfo, KvError> {
         Ok(self.view_of(&self.current().await?))
     }
 

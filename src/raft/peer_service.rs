@@ -7,8 +7,6 @@ use std::time::Duration;
 use openraft::{Snapshot, Vote};
 use tokio::io::AsyncWriteExt;
 use tonic::metadata::MetadataMap;
-
-use crate::metrics::METRICS;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::members::{ClusterInfo, MemberChange, Members};
@@ -19,8 +17,10 @@ use super::proposer::Proposer;
 use super::read_index::ReadIndexRounds;
 use super::snapshots::{Meta, SnapshotData};
 use super::credentials::{self, Needs};
+use super::consensus::answer_lease_query;
 use super::{clock, decode, encode, transfer, PeerRefusal, Raft};
 use crate::lease::{LeaseQuery, Lessor};
+use crate::metrics::METRICS;
 use crate::store::types::{Command, CommandResult};
 use crate::store::Store;
 
@@ -72,7 +72,7 @@ impl PeerService {
             return Err(refusal);
         };
         let store = self.store.clone();
-        if tokio::task::spawn_blocking(move || store.is_removed(sender)).await.unwrap_or(false) {
+        if matches!(tokio::task::spawn_blocking(move || store.is_removed(sender)).await, Ok(Ok(true))) {
             return Err(removed_member_status(sender));
         }
         Err(refusal)
@@ -141,7 +141,8 @@ impl Peer for PeerService {
     async fn lease(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
         self.admit(req.metadata(), Needs::Member).await?;
         let query: LeaseQuery = payload(req)?;
-        reply(&self.lessor.answer(query))
+        let patience = Duration::from_millis(self.raft.config().election_timeout_max);
+        reply(&answer_lease_query(&self.lessor, &self.reads, patience, query).await)
     }
 
     async fn reconfigure(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {

@@ -81,7 +81,7 @@ impl StateMachine {
     }
 
     fn raft_state(&self) -> Result<RaftState, StorageError<u64>> {
-        match self.store.raft_applied() {
+        match self.store.raft_applied().map_err(|e| sm_error(ErrorVerb::Read, e))? {
             None => Ok((None, StoredMembership::default())),
             Some(bytes) => decode(&bytes).map_err(|e| sm_error(ErrorVerb::Read, e)),
         }
@@ -120,7 +120,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut applied_state = encode(&(applied, &membership));
             // Every entry clears the marker when it finishes, so only the first
             // entry applied after a crash can find one: read it once per batch.
-            let interrupted = interrupted_entry(&sm.store);
+            let interrupted = interrupted_entry(&sm.store).map_err(|e| sm_error(ErrorVerb::Read, e))?;
             let mut results = Vec::with_capacity(entries.len());
             for entry in entries {
                 let log_id = entry.log_id;
@@ -188,7 +188,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let data = sm.snapshots.publish(&meta, *snapshot, true).map_err(|e| sm_error(ErrorVerb::Write, e))?;
             sm.store.install_backup(&data.path, &applied_state(&meta)).map_err(|e| sm_error(ErrorVerb::Write, e))?;
             sm.hub.reset(sm.store.revision());
-            sm.lessor.reload(sm.store.leases());
+            sm.lessor.reload(sm.store.leases().map_err(|e| sm_error(ErrorVerb::Read, e))?);
             let bytes = data.file.metadata().map_or(0, |m| m.len());
             tracing::info!(snapshot = %meta.snapshot_id, bytes, "installed snapshot from the leader");
             Ok(())
@@ -204,8 +204,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 }
 
 /// The entry a crash cut short, and how many of its commands were applied.
-fn interrupted_entry(store: &Store) -> Option<(LogId, usize)> {
-    store.entry_progress().and_then(|bytes| decode::<(LogId, usize)>(&bytes).ok())
+fn interrupted_entry(store: &Store) -> Result<Option<(LogId, usize)>, KvError> {
+    store.entry_progress()?.map(|bytes| decode::<(LogId, usize)>(&bytes).map_err(|e| KvError::Internal(format!("corrupt record: entry progress: {e}")))).transpose()
 }
 
 #[cfg(test)]
@@ -240,7 +240,7 @@ mod tests {
         assert_eq!(store.revision(), 4, "a, b, c applied once each, at revisions 2, 3, 4");
         assert_eq!(results[0][2].revision, 4);
         assert_eq!(sm.raft_state().unwrap().0, Some(log_id));
-        assert!(store.entry_progress().is_none());
+        assert!(store.entry_progress().unwrap().is_none());
         let (a, _) = store.range(&RangeArgs { key: b"a".to_vec(), ..Default::default() }).unwrap();
         assert_eq!((a.kvs[0].version, a.kvs[0].mod_revision), (1, 2));
     }

@@ -20,7 +20,7 @@ pub async fn remove_compacted_versions(store: Arc<Store>, mut stopping: tokio::s
     let mut requests = store.compaction_requests();
     loop {
         let target = *requests.borrow_and_update();
-        if target > store.physically_compacted() {
+        if target > store.physically_compacted().unwrap_or(0) {
             let started = Instant::now();
             match remove_up_to(&store, target, &requests).await {
                 Ok(true) => tracing::info!(

@@ -164,7 +164,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     snapshots.finish_interrupted_install(&store)?;
     let log = LogDb::open(&wal_dir, &memory.log).with_context(|| format!("raft log in {}", wal_dir.display()))?;
 
-    let (member_id, cluster_id, initial) = match store.identity() {
+    let (member_id, cluster_id, initial) = match store.identity()? {
         Some((member_id, cluster_id)) => {
             check_restart(&config, &store, member_id, log_existed, &wal_dir)?;
             tracing::info!(data_dir = %config.data_dir.display(), "restarting from existing data dir; --initial-cluster* flags are ignored");
@@ -175,7 +175,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             None => identity_of(bootstrap_plan(&config, &security.dialer).await?),
         },
     };
-    if initial.is_none() && store.identity().is_none() {
+    if initial.is_none() && store.identity()?.is_none() {
         // A joining member: it learns the membership from the leader.
         store.set_identity(member_id, cluster_id)?;
         tracing::info!(member_id = format!("{member_id:x}"), cluster_id = format!("{cluster_id:x}"), "joining existing cluster");
@@ -193,7 +193,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         dialer: security.dialer.clone(),
     };
     let hub = Arc::new(Hub::new(store.revision(), memory.watch_history));
-    let lessor = Arc::new(Lessor::new(store.leases()));
+    let leases = store
+        .leases()
+        .map_err(|e| anyhow::anyhow!("state database {}: {}", snap_dir.join("db").display(), crate::store::detail(e)))?;
+    let lessor = Arc::new(Lessor::new(leases));
     let consensus = Consensus::start(
         (member_id, cluster_id),
         &settings,
@@ -306,7 +309,7 @@ fn check_restart(
     log_existed: bool,
     wal_dir: &std::path::Path,
 ) -> Result<(), ConfigError> {
-    if store.is_removed(member_id) {
+    if store.is_removed(member_id).map_err(|e| ConfigError::new(format!("{}: {e}", config.data_dir.display())))? {
         return Err(ConfigError::new(format!(
             "member {member_id:x} has been permanently removed from the cluster; to bring it back, \
              delete its data dir {}, add it again (etcdctl member add {} --peer-urls={}) and start it with \
@@ -446,7 +449,7 @@ async fn publish_self(node: Arc<Node>, peer_urls: Vec<String>) {
         peer_urls,
         client_urls: node.client_urls.clone(),
     };
-    if node.store.members().contains(&me) {
+    if node.store.members().is_ok_and(|members| members.contains(&me)) {
         return;
     }
     loop {

@@ -159,7 +159,7 @@ impl Node {
     /// Every lease's id, read linearizably.
     pub async fn lease_ids(&self) -> Result<Vec<i64>, KvError> {
         self.consensus.read_barrier().await?;
-        self.on_store(|s| Ok(s.leases().into_iter().map(|(id, _, _)| id).collect())).await
+        self.on_store(|s| Ok(s.leases()?.into_iter().map(|(id, _, _)| id).collect())).await
     }
 
     /// Commits a command. As etcd: once the store outgrows its space quota,

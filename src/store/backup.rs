@@ -91,7 +91,7 @@ impl Store {
     fn replace_state(&self, rows: &mut Rows, raft_state: &[u8]) -> Result<(), KvError> {
         let meta = Cfs::handle(&self.db, Cfs::META);
         // Who this member is stays; everything else comes from the leader.
-        let identity = self.get_meta(keys::META_IDENTITY);
+        let identity = self.get_meta(keys::META_IDENTITY)?;
         let mut batch = WriteBatch::default();
         for name in Cfs::ALL {
             // Everything from the empty key up to and including the last one.
@@ -121,8 +121,8 @@ impl Store {
     }
 
     /// A snapshot install was cut short: the state is a mix until it is redone.
-    pub fn install_interrupted(&self) -> bool {
-        self.get_meta(keys::META_INSTALLING).is_some()
+    pub fn install_interrupted(&self) -> Result<bool, KvError> {
+        Ok(self.get_meta(keys::META_INSTALLING)?.is_some())
     }
 }
 
@@ -242,7 +242,7 @@ pub fn backup_status(path: &Path) -> Result<BackupStatus, String> {
         if cf == Cfs::LATEST {
             total_keys += 1;
         } else if cf == Cfs::META && key == keys::META_REVISION {
-            revision = keys::decode_i64(&value);
+            revision = keys::decode_i64(&value).map_err(|e| e.to_string())?;
         }
     }
     let hash = u32::from_be_bytes(checksum[..4].try_into().expect("4 bytes"));
@@ -274,7 +274,7 @@ impl Store {
 
     /// Set by `snapshot restore` until the new cluster is formed.
     pub fn restored_members(&self) -> Result<Option<RestoredMembers>, KvError> {
-        self.get_meta(keys::META_RESTORED_MEMBERS).map(|v| decode(&v)).transpose()
+        self.get_meta(keys::META_RESTORED_MEMBERS)?.map(|v| decode(&v)).transpose()
     }
 
     pub fn clear_restored_members(&self) -> Result<(), KvError> {

@@ -16,7 +16,7 @@ type Version = (Box<[u8]>, i64, u32, bool);
 
 impl Store {
     /// The compact revision up to which old versions are removed.
-    pub fn physically_compacted(&self) -> i64 {
+    pub fn physically_compacted(&self) -> Result<i64, KvError> {
         self.meta_i64(keys::META_PHYSICALLY_COMPACTED)
     }
 
@@ -118,10 +118,10 @@ mod tests {
         while let Some(next) = store.remove_compacted(6, &start, 1).unwrap() {
             start = next;
             batches += 1;
-            assert_eq!(store.physically_compacted(), 0, "not done before the last batch");
+            assert_eq!(store.physically_compacted().unwrap(), 0, "not done before the last batch");
         }
         assert!(batches >= 2);
-        assert_eq!(store.physically_compacted(), 6);
+        assert_eq!(store.physically_compacted().unwrap(), 6);
         assert_eq!(*store.physical_compaction().borrow(), 6);
         // Left: a@3 (newest at or below 6), a@7, b@4; c's versions end in a deletion.
         assert_eq!(rows(&store, Cfs::HISTORY), 3);

@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::types::KeyValue;
+use super::types::{KeyValue, KvError};
 
 /// A live key's value and metadata, without the key itself (it is the RocksDB key).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,8 +116,11 @@ pub fn parse_index_value(v: &[u8]) -> (u32, bool) {
     (u32::from_be_bytes(v[..4].try_into().expect("4 bytes")), v[4] == 1)
 }
 
-pub fn decode_i64(raw: &[u8]) -> i64 {
-    raw.try_into().map(i64::from_be_bytes).unwrap_or(0)
+/// A revision record: eight bytes, or it is corrupt.
+pub fn decode_i64(raw: &[u8]) -> Result<i64, KvError> {
+    raw.try_into()
+        .map(i64::from_be_bytes)
+        .map_err(|_| KvError::Internal(format!("corrupt record: a revision of {} bytes", raw.len())))
 }
 
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {

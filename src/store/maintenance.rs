@@ -99,10 +99,13 @@ impl Store {
     }
 
     /// Active alarms: (member id, alarm type).
-    pub fn alarms(&self) -> Vec<(u64, u8)> {
+    pub fn alarms(&self) -> Result<Vec<(u64, u8)>, KvError> {
         scan_prefix(&self.db, Cfs::META, keys::ALARM_PREFIX)
-            .map_while(Result::ok)
-            .filter_map(|(k, _)| Some((keys::id_of_key(&k), *k.get(keys::ALARM_PREFIX.len())?)))
+            .map(|row| {
+                let (k, _) = row?;
+                let alarm = k.get(keys::ALARM_PREFIX.len()).ok_or_else(|| KvError::Internal("corrupt record: an alarm key".into()))?;
+                Ok((keys::id_of_key(&k), *alarm))
+            })
             .collect()
     }
 
@@ -111,8 +114,9 @@ impl Store {
         self.nospace.load(Ordering::SeqCst)
     }
 
-    pub(super) fn load_alarms(&self) {
-        let nospace = self.alarms().iter().any(|(_, alarm)| *alarm == ALARM_NOSPACE);
+    pub(super) fn load_alarms(&self) -> Result<(), KvError> {
+        let nospace = self.alarms()?.iter().any(|(_, alarm)| *alarm == ALARM_NOSPACE);
         self.nospace.store(nospace, Ordering::SeqCst);
+        Ok(())
     }
 }

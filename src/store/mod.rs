@@ -42,6 +42,19 @@ impl Cfs {
     }
 }
 
+/// A record's error, naming the record.
+fn named_record(key: &[u8], e: KvError) -> KvError {
+    KvError::Internal(format!("meta record {:?}: {}", String::from_utf8_lossy(key), detail(e)))
+}
+
+/// What went wrong, without the `etcdserver:` a client would see first.
+pub fn detail(e: KvError) -> String {
+    match e {
+        KvError::Internal(message) => message,
+        other => other.to_string(),
+    }
+}
+
 /// A RocksDB row: key and value.
 type Row = (Box<[u8]>, Box<[u8]>);
 
@@ -106,24 +119,25 @@ impl Store {
             installing: AtomicBool::new(false),
             auth: Registry::new(AuthState::default()),
         };
-        store.load_revisions().map_err(|e| OpenError { path: dir.display().to_string(), reason: e.to_string() })?;
+        store.load_revisions().map_err(|e| OpenError { path: dir.display().to_string(), reason: detail(e) })?;
         Ok(store)
     }
 
-    fn meta_i64(&self, key: &[u8]) -> i64 {
-        self.get_meta(key).map_or(0, |v| decode_i64(&v))
+    fn meta_i64(&self, key: &[u8]) -> Result<i64, KvError> {
+        self.get_meta(key)?.map_or(Ok(0), |v| decode_i64(&v)).map_err(|e| named_record(key, e))
     }
 
     /// Reads what is kept in memory of the state database: revisions, alarms, auth.
     fn load_revisions(&self) -> Result<(), KvError> {
         // A fresh store is at revision 1, as etcd's is.
-        self.revision.store(self.meta_i64(META_REVISION).max(1), Ordering::SeqCst);
-        self.compact_revision.send_replace(self.meta_i64(META_COMPACT_REVISION));
-        self.physically_compacted.send_replace(self.physically_compacted());
-        self.load_alarms();
-        // A record that cannot be read must stop the member: taking it as
-        // "no auth" would open every key to everyone.
-        let auth = self.get_meta(keys::META_AUTH).map(|v| decode::<AuthState>(&v)).transpose()?;
+        // A record that cannot be read stops the member: a default in its
+        // place would rewrite history (revision 1), re-apply the log, or
+        // open every key to everyone ("no auth").
+        self.revision.store(self.meta_i64(META_REVISION)?.max(1), Ordering::SeqCst);
+        self.compact_revision.send_replace(self.meta_i64(META_COMPACT_REVISION)?);
+        self.physically_compacted.send_replace(self.physically_compacted()?);
+        self.load_alarms()?;
+        let auth = self.get_meta(keys::META_AUTH)?.map(|v| decode::<AuthState>(&v)).transpose()?;
         self.auth.replace(auth.unwrap_or_default());
         Ok(())
     }
@@ -136,8 +150,8 @@ impl Store {
         *self.compact_revision.borrow()
     }
 
-    fn get_meta(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.db.get_cf(Cfs::handle(&self.db, Cfs::META), key).ok().flatten()
+    fn get_meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
+        self.db.get_cf(Cfs::handle(&self.db, Cfs::META), key).map_err(db_error)
     }
 
     /// A consistent view at the current revision. The revision is read inside
@@ -149,7 +163,7 @@ impl Store {
         let snapshot = self.db.snapshot();
         let meta = Cfs::handle(&self.db, Cfs::META);
         let read = |k: &[u8]| -> Result<i64, KvError> {
-            Ok(snapshot.get_cf(meta, k).map_err(db_error)?.map_or(0, |v| decode_i64(&v)))
+            snapshot.get_cf(meta, k).map_err(db_error)?.map_or(Ok(0), |v| decode_i64(&v))
         };
         let revision = read(META_REVISION)?.max(1);
         let compact_revision = read(META_COMPACT_REVISION)?;
@@ -221,7 +235,7 @@ impl Store {
             }
         }
         if matches!(command, Some(Command::Alarm { .. })) {
-            self.load_alarms();
+            self.load_alarms()?;
         }
         if let (Some((change, state)), Ok(_)) = (auth_applied, &outcome) {
             self.auth.applied(change, state);
@@ -345,34 +359,31 @@ impl Store {
     }
 
     /// The Raft layer's applied state as last recorded by `apply`.
-    pub fn raft_applied(&self) -> Option<Vec<u8>> {
+    pub fn raft_applied(&self) -> Result<Option<Vec<u8>>, KvError> {
         self.get_meta(keys::META_RAFT_APPLIED)
     }
 
     /// The `progress` recorded by the last `apply`, if it was mid-entry.
-    pub fn entry_progress(&self) -> Option<Vec<u8>> {
+    pub fn entry_progress(&self) -> Result<Option<Vec<u8>>, KvError> {
         self.get_meta(keys::META_ENTRY_PROGRESS)
     }
 
-    pub fn members(&self) -> Vec<MemberInfo> {
-        scan_prefix(&self.db, Cfs::META, keys::MEMBER_PREFIX)
-            .map_while(Result::ok)
-            .filter_map(|(_, v)| decode(&v).ok())
-            .collect()
+    pub fn members(&self) -> Result<Vec<MemberInfo>, KvError> {
+        scan_prefix(&self.db, Cfs::META, keys::MEMBER_PREFIX).map(|row| decode(&row?.1)).collect()
     }
 
-    fn member_ids(&self, prefix: &'static [u8]) -> Vec<u64> {
-        scan_prefix(&self.db, Cfs::META, prefix).map_while(Result::ok).map(|(k, _)| keys::id_of_key(&k)).collect()
+    fn member_ids(&self, prefix: &'static [u8]) -> Result<Vec<u64>, KvError> {
+        scan_prefix(&self.db, Cfs::META, prefix).map(|row| Ok(keys::id_of_key(&row?.0))).collect()
     }
 
     /// Learners that become voters once they have caught up.
-    pub fn pending_voters(&self) -> Vec<u64> {
+    pub fn pending_voters(&self) -> Result<Vec<u64>, KvError> {
         self.member_ids(keys::PENDING_VOTER_PREFIX)
     }
 
     /// True when member `id` was removed from the cluster (it may never return).
-    pub fn is_removed(&self, id: u64) -> bool {
-        self.get_meta(&keys::removed_key(id)).is_some()
+    pub fn is_removed(&self, id: u64) -> Result<bool, KvError> {
+        Ok(self.get_meta(&keys::removed_key(id))?.is_some())
     }
 
     /// Records members that a membership change removed. Written before the
@@ -389,12 +400,14 @@ impl Store {
     }
 
     /// Every lease: (id, granted TTL, TTL left at the last checkpoint).
-    pub fn leases(&self) -> Vec<(i64, i64, Option<i64>)> {
+    pub fn leases(&self) -> Result<Vec<(i64, i64, Option<i64>)>, KvError> {
         scan_prefix(&self.db, Cfs::LEASE, keys::LEASE_PREFIX)
-            .map_while(Result::ok)
-            .filter_map(|(k, v)| {
-                let record: keys::LeaseRecord = decode(&v).ok()?;
-                Some((keys::lease_id_of(&k), record.ttl, record.remaining))
+            .map(|row| {
+                let (k, v) = row?;
+                let id = keys::lease_id_of(&k);
+                let record: keys::LeaseRecord =
+                    decode(&v).map_err(|e| KvError::Internal(format!("lease {id:x}: {}", detail(e))))?;
+                Ok((id, record.ttl, record.remaining))
             })
             .collect()
     }
@@ -405,8 +418,8 @@ impl Store {
     }
 
     /// This member's (member id, cluster id), recorded when it was bootstrapped.
-    pub fn identity(&self) -> Option<(u64, u64)> {
-        self.get_meta(keys::META_IDENTITY).and_then(|v| decode(&v).ok())
+    pub fn identity(&self) -> Result<Option<(u64, u64)>, KvError> {
+        self.get_meta(keys::META_IDENTITY)?.map(|v| decode(&v)).transpose().map_err(|e| named_record(keys::META_IDENTITY, e))
     }
 
     /// Records the identity once, durably, when the member is first bootstrapped.

@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test binary uses its own part of these helpers
 
 pub mod certs;
+pub mod netns;
 
 use std::net::TcpListener;
 use std::collections::BTreeMap;
@@ -37,6 +38,8 @@ pub struct Member {
     pub data_dir: PathBuf,
     args: Vec<String>,
     envs: Vec<(String, String)>,
+    /// What runs cairn: nothing, or `ip netns exec <namespace>`.
+    launcher: Vec<String>,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -44,8 +47,20 @@ pub struct Member {
 impl Member {
     /// A member of a static cluster, started with the flags of etcd's clustering guide.
     pub fn clustered(dir: &Path, name: &str, client_port: u16, peer_port: u16, initial_cluster: &str) -> Member {
-        let client_url = format!("http://127.0.0.1:{client_port}");
-        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        Member::on_host(dir, name, "127.0.0.1", (client_port, peer_port), initial_cluster)
+    }
+
+    /// A member of a static cluster on host `host` of `network`, on etcd's
+    /// ports (each host has its own).
+    pub fn networked(dir: &Path, name: &str, network: &netns::Network, host: usize, initial_cluster: &str) -> Member {
+        let mut member = Member::on_host(dir, name, &network.ip(host), (2379, 2380), initial_cluster);
+        member.launcher = network.launcher(host);
+        member
+    }
+
+    fn on_host(dir: &Path, name: &str, ip: &str, (client_port, peer_port): (u16, u16), initial_cluster: &str) -> Member {
+        let client_url = format!("http://{ip}:{client_port}");
+        let peer_url = format!("http://{ip}:{peer_port}");
         let data_dir = dir.join(format!("{name}.etcd"));
         let args = [
             "--name", name,
@@ -62,7 +77,7 @@ impl Member {
         .map(|s| s.to_string())
         .collect();
         let log = dir.join(format!("{name}.log"));
-        Member { name: name.into(), client_url, peer_url, data_dir, args, envs: Vec::new(), child: None, log }
+        Member { name: name.into(), client_url, peer_url, data_dir, args, envs: Vec::new(), launcher: Vec::new(), child: None, log }
     }
 
     /// Adds flags for the next start (a repeated flag: the last one wins, as in etcd).
@@ -105,7 +120,15 @@ impl Member {
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "{} already running", self.name);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
-        let child = Command::new(CAIRN)
+        let mut command = match self.launcher.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(CAIRN);
+                command
+            }
+            None => Command::new(CAIRN),
+        };
+        let child = command
             .args(&self.args)
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().unwrap())

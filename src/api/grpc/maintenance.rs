@@ -44,7 +44,7 @@ impl PbMaintenanceService for MaintenanceService {
         let alarms = match request.action {
             0 => {
                 self.node.consensus.read_barrier().await.map_err(status)?;
-                listed(self.node.store.alarms())
+                listed(self.node.store.alarms().map_err(status)?)
             }
             action @ (1 | 2) => {
                 let alarm = u8::try_from(request.alarm).map_err(|_| Status::invalid_argument("unknown alarm type"))?;
@@ -81,6 +81,7 @@ impl PbMaintenanceService for MaintenanceService {
                 .node
                 .store
                 .alarms()
+                .map_err(status)?
                 .into_iter()
                 .map(|(member, alarm)| format!("memberID:{member} alarm:{} ", alarm_name(alarm)))
                 .collect(),

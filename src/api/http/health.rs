@@ -45,9 +45,10 @@ impl Check {
     /// Ok, or etcd's reason for the failure.
     async fn run(self, node: &Node) -> Result<(), String> {
         match self {
-            Check::DataCorruption => match node.store.alarms().iter().any(|(_, alarm)| *alarm == ALARM_CORRUPT) {
-                true => Err("alarm activated: CORRUPT".into()),
-                false => Ok(()),
+            Check::DataCorruption => match node.store.alarms() {
+                Ok(alarms) if alarms.iter().any(|(_, alarm)| *alarm == ALARM_CORRUPT) => Err("alarm activated: CORRUPT".into()),
+                Ok(_) => Ok(()),
+                Err(e) => Err(e.to_string()),
             },
             Check::SerializableRead => node.probe_read(true).await.map_err(|e| e.to_string()),
             Check::LinearizableRead => bounded(node.probe_read(false)).await.map_err(|e| e.to_string()),
@@ -165,9 +166,12 @@ fn alarm_name(alarm: u8) -> &'static str {
 async fn health(State(node): State<Arc<Node>>, RawQuery(query): RawQuery) -> Response {
     let excluded = query_values(&query, "exclude");
     let serializable = query_values(&query, "serializable").iter().any(|v| v == "true");
-    let alarm = node.store.alarms().into_iter().map(|(_, a)| alarm_name(a)).find(|a| !excluded.iter().any(|e| e == a));
+    let alarms = node.store.alarms();
+    let alarm = alarms.iter().flatten().map(|(_, a)| alarm_name(*a)).find(|a| !excluded.iter().any(|e| e == a));
     let reason = if let Some(alarm) = alarm {
         Some(format!("ALARM {alarm}"))
+    } else if let Err(e) = alarms {
+        Some(format!("ALARM READ ERROR:{e}"))
     } else if !serializable && node.consensus.leader().is_none() {
         Some("RAFT NO LEADER".to_string())
     } else {

@@ -1,0 +1,104 @@
+//! A damaged data dir: a corrupt record, a truncated table file, a lost
+//! Raft log. The member must refuse to start with one line that names what
+//! is damaged (never fall back to defaults, skip the record, or panic), and
+//! the rest of the cluster keeps serving.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// Runs `change` on the member's state database, opened as RocksDB.
+fn with_state_db(data_dir: &Path, change: impl FnOnce(&rocksdb::DB)) {
+    let path = data_dir.join("member/snap/db");
+    let families = rocksdb::DB::list_cf(&rocksdb::Options::default(), &path).unwrap();
+    let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &path, families).unwrap();
+    change(&db);
+    db.flush().unwrap();
+}
+
+/// Starts the member on its damaged data dir and returns what it logged;
+/// it must exit 1 by itself.
+fn refused_start(m: &mut Member) -> String {
+    let before = m.log_text().len();
+    m.start();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = m.try_wait() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the member started on a damaged data dir:\n{}", m.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(1), "{}", m.log_text());
+    m.log_text()[before..].to_string()
+}
+
+fn largest_table_file(dir: &Path) -> PathBuf {
+    let tables = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "sst"));
+    tables.max_by_key(|p| p.metadata().unwrap().len()).expect("a table file")
+}
+
+#[test]
+fn a_damaged_data_dir_is_refused_with_a_line_that_names_the_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut members = three_member_cluster(dir.path());
+    let ep = members[0].endpoint();
+    let others = format!("{},{}", members[1].endpoint(), members[2].endpoint());
+    for i in 0..200 {
+        etcdctl_ok(&ep, &["put", &format!("k{i}"), &"v".repeat(100)]);
+    }
+    // Table files on disk, not only the write-ahead log.
+    etcdctl_ok(&ep, &["defrag"]);
+    assert!(members[0].terminate().success());
+    let data_dir = members[0].data_dir.clone();
+    let pristine = dir.path().join("pristine");
+    copy_dir(&data_dir, &pristine);
+    let restore = || {
+        std::fs::remove_dir_all(&data_dir).unwrap();
+        copy_dir(&pristine, &data_dir);
+    };
+
+    with_state_db(&data_dir, |db| db.put_cf(db.cf_handle("meta").unwrap(), b"revision", b"bad").unwrap());
+    let said = refused_start(&mut members[0]);
+    assert!(said.contains(r#"meta record "revision": corrupt record"#) && said.contains("snap/db"), "{said}");
+    etcdctl_ok(&others, &["put", "while-one-is-down", "1"]);
+
+    restore();
+    with_state_db(&data_dir, |db| db.put_cf(db.cf_handle("lease").unwrap(), [b"l".as_slice(), &7i64.to_be_bytes()].concat(), b"\xff\xff\xff").unwrap());
+    let said = refused_start(&mut members[0]);
+    assert!(said.contains("snap/db") && said.contains("lease 7: corrupt record"), "an unreadable lease would never expire: {said}");
+
+    restore();
+    let table = largest_table_file(&data_dir.join("member/snap/db"));
+    let file = std::fs::OpenOptions::new().write(true).open(&table).unwrap();
+    file.set_len(file.metadata().unwrap().len() / 2).unwrap();
+    let said = refused_start(&mut members[0]);
+    assert!(said.contains("snap/db") && said.to_lowercase().contains("corrupt"), "{said}");
+
+    restore();
+    std::fs::remove_dir_all(data_dir.join("member/wal")).unwrap();
+    let said = refused_start(&mut members[0]);
+    assert!(said.contains("the raft log") && said.contains("is missing"), "{said}");
+
+    restore();
+    members[0].start();
+    members[0].wait_healthy(Duration::from_secs(20));
+    let got = etcdctl_ok(&ep, &["get", "while-one-is-down", "--print-value-only"]);
+    assert_eq!(got.trim(), "1", "the restored member caught up");
+}
