@@ -40,6 +40,10 @@ fn bad_flags_exit_1_naming_the_flag() {
     fails_with(&["--initial-cluster-state", "maybe"], &[], "--initial-cluster-state");
     fails_with(&["--heartbeat-interval", "500"], &[], "should be at least as 5 times as --heartbeat-interval");
     fails_with(&["--log-level", "loud"], &[], "--log-level");
+    fails_with(&["--feature-gates=Bogus=true"], &[], "--feature-gates: unrecognized feature gate: Bogus");
+    fails_with(&["--feature-gates=InitialCorruptCheck"], &[], "expected Name=true or Name=false");
+    fails_with(&["--experimental-initial-corrupt-check=maybe"], &[], "--experimental-initial-corrupt-check");
+    fails_with(&["--metrics", "all"], &[], "--metrics");
     fails_with(&["--listen-client-urls", "http://127.0.0.1:1"], &[], "--advertise-client-urls is required");
     fails_with(
         &["--listen-client-urls", "https://127.0.0.1:1", "--advertise-client-urls", "https://127.0.0.1:1"],

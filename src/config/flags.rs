@@ -60,6 +60,8 @@ pub const SUPPORTED: &[&str] = &[
     "listen-client-http-urls",
     "enable-grpc-gateway",
     "metrics",
+    "experimental-initial-corrupt-check",
+    "feature-gates",
 ];
 
 /// Go boolean flags: a bare `--name` means true, and only `--name=false` sets false.
@@ -71,6 +73,7 @@ pub const BOOLEAN: &[&str] = &[
     "peer-client-cert-auth",
     "peer-auto-tls",
     "enable-grpc-gateway",
+    "experimental-initial-corrupt-check",
 ];
 
 /// etcd flags that cairn does not serve yet: named in the error rather than

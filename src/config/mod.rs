@@ -69,6 +69,8 @@ pub struct Config {
     pub enable_grpc_gateway: bool,
     /// `--metrics extensive`: gRPC handling-time histograms too.
     pub metrics_extensive: bool,
+    /// Compare this member's HashKV with its peers' before serving clients.
+    pub initial_corrupt_check: bool,
     pub advertise_client_urls: Vec<String>,
     pub initial_advertise_peer_urls: Vec<String>,
     pub initial_cluster: String,
@@ -402,6 +404,28 @@ impl Settings {
     }
 }
 
+/// etcd 3.6's `--feature-gates=Name=true,…`: the gates turned on. Only the
+/// gates cairn has are accepted; the lease checkpoint ones are always on.
+fn feature_gates(s: &Settings) -> Result<Vec<&'static str>, ConfigError> {
+    const KNOWN: [&str; 3] = ["InitialCorruptCheck", "LeaseCheckpoint", "LeaseCheckpointPersist"];
+    let mut on = Vec::new();
+    for gate in s.list("feature-gates") {
+        let invalid = || ConfigError::new(format!("invalid value {gate:?} for {}: expected Name=true or Name=false", s.origin("feature-gates")));
+        let (name, value) = gate.split_once('=').ok_or_else(invalid)?;
+        let value: bool = value.trim().parse().map_err(|_| invalid())?;
+        let known = KNOWN.iter().find(|k| **k == name.trim()).ok_or_else(|| {
+            ConfigError::new(format!("{}: unrecognized feature gate: {name} (cairn knows {})", s.origin("feature-gates"), KNOWN.join(", ")))
+        })?;
+        if !value && *known != "InitialCorruptCheck" {
+            return Err(ConfigError::new(format!("{}: cairn always checkpoints leases; {name}=false is not supported", s.origin("feature-gates"))));
+        }
+        if value {
+            on.push(*known);
+        }
+    }
+    Ok(on)
+}
+
 /// Go's time.ParseDuration for non-negative values: a sequence of decimal
 /// numbers, each with a unit (ns, us, µs, ms, s, m, h); "0" alone is allowed.
 pub fn parse_go_duration(text: &str) -> Option<Duration> {
@@ -574,6 +598,8 @@ impl Config {
             listen_client_http_urls,
             enable_grpc_gateway: !s.is_set("enable-grpc-gateway") || s.boolean("enable-grpc-gateway")?,
             metrics_extensive: s.one_of("metrics", "basic", &["basic", "extensive"])? == "extensive",
+            initial_corrupt_check: s.boolean("experimental-initial-corrupt-check")?
+                || feature_gates(s)?.contains(&"InitialCorruptCheck"),
             advertise_client_urls,
             initial_advertise_peer_urls,
             initial_cluster,

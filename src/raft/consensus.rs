@@ -187,6 +187,34 @@ impl Consensus {
     }
 
     /// Raft's metrics as they change.
+    /// The other members of the cluster as Raft knows them now.
+    pub fn peer_ids(&self) -> Vec<u64> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.membership_config.membership().nodes().map(|(id, _)| *id).filter(|id| *id != self.member_id).collect()
+    }
+
+    /// Member `id`'s HashKV at `revision`: (hash, revision, compact revision).
+    pub async fn peer_hash_kv(&self, id: u64, revision: i64) -> Result<(u32, i64, i64), String> {
+        let node = node_of(&self.raft, id).ok_or_else(|| format!("member {id:x} is not in the cluster"))?;
+        let answer: Result<(u32, i64, i64), String> =
+            self.peers.call(id, &node, Some(self.request_timeout), Method::HashKv, &revision).await.map_err(|e| e.to_string())?;
+        answer
+    }
+
+    /// Resolves with the error once Raft has stopped on a fatal one.
+    pub async fn fatal(&self) -> String {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Err(fatal) = &metrics.borrow_and_update().running_state {
+                return fatal.to_string();
+            }
+            if metrics.changed().await.is_err() {
+                return "raft is gone".into();
+            }
+        }
+    }
+
     pub fn metrics_watch(&self) -> tokio::sync::watch::Receiver<RaftMetrics<u64, PeerNode>> {
         self.raft.metrics()
     }
@@ -284,9 +312,13 @@ impl Consensus {
                     return;
                 }
             }
-            tokio::select! {
-                changed = refused.changed() => if changed.is_err() { return },
-                changed = metrics.changed() => if changed.is_err() { return },
+            let changed = tokio::select! {
+                changed = refused.changed() => changed,
+                changed = metrics.changed() => changed,
+            };
+            if changed.is_err() {
+                // Raft has stopped: that is not a removal (`fatal` says why).
+                std::future::pending::<()>().await;
             }
         }
     }
@@ -346,6 +378,7 @@ impl Consensus {
                     Err(PeerRefusal::Stopped) if leader == self.member_id => Attempt::Done(Err(KvError::Stopped)),
                     Err(PeerRefusal::Stopped) => Attempt::Retry,
                     Err(PeerRefusal::Failed(m)) => Attempt::Done(Err(KvError::Internal(m))),
+                    Err(PeerRefusal::TooManyRequests) => Attempt::Done(Err(KvError::TooManyRequests)),
                 }
             }
         })

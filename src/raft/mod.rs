@@ -68,6 +68,8 @@ pub enum PeerRefusal {
     /// The member is shutting down.
     Stopped,
     Failed(String),
+    /// The leader holds too many commands not yet proposed: back-pressure.
+    TooManyRequests,
 }
 
 impl PeerRefusal {

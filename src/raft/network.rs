@@ -159,6 +159,7 @@ impl Peers {
             Method::Reconfigure => client.reconfigure(req).await,
             Method::ClusterInfo => client.cluster_info(req).await,
             Method::Campaign => client.campaign(req).await,
+            Method::HashKv => client.hash_kv(req).await,
         };
         if let Err(status) = &reply {
             if status.code() == tonic::Code::FailedPrecondition && status.message().starts_with(REMOVED_MEMBER) {
@@ -182,6 +183,7 @@ pub enum Method {
     Reconfigure,
     ClusterInfo,
     Campaign,
+    HashKv,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Peers {

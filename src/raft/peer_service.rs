@@ -161,4 +161,14 @@ impl Peer for PeerService {
         self.admit(req.metadata(), Needs::Member).await?;
         reply(&transfer::campaign(&self.raft, &self.peers, payload(req)?).await)
     }
+
+    async fn hash_kv(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        self.admit(req.metadata(), Needs::Member).await?;
+        let revision: i64 = payload(req)?;
+        let store = self.store.clone();
+        let hashed = tokio::task::spawn_blocking(move || store.hash_kv(revision).map_err(|e| e.to_string()))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        reply(&hashed)
+    }
 }

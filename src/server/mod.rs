@@ -3,6 +3,7 @@
 //! client ports, and shuts down cleanly on SIGTERM/SIGINT.
 
 mod compaction;
+mod corruption;
 mod leases;
 mod node;
 mod process;
@@ -181,7 +182,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!(member_id = format!("{member_id:x}"), cluster_id = format!("{cluster_id:x}"), "joining existing cluster");
     }
 
-    let listeners = Listeners::bind(&config).await?;
+    let mut listeners = Listeners::bind(&config).await?;
 
     let settings = RaftSettings {
         heartbeat_ms: config.heartbeat_interval,
@@ -250,7 +251,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
 
     let peer_message_limit = peer_message_limit(config.max_request_bytes);
-    let mut servers = serve(&node, listeners, &security, peer_message_limit, config.enable_grpc_gateway, &stop_rx);
+    let peer_listeners = std::mem::take(&mut listeners.peer);
+    let mut servers = serve_peers(&node, peer_listeners, &security, peer_message_limit, &stop_rx);
+    if config.initial_corrupt_check {
+        corruption::check_initial_hash(&node).await?;
+    }
+    serve_clients(&mut servers, &node, listeners, &security, config.enable_grpc_gateway, &stop_rx);
     tokio::spawn(publish_self(node.clone(), config.initial_advertise_peer_urls.clone()));
     tokio::spawn(leases::keep_leases(node.clone(), config.lease_checkpoint_interval));
     tokio::spawn(promote_new_voters(node.clone()));
@@ -270,15 +276,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     process::notify_systemd("READY=1");
 
-    tokio::select! {
-        _ = stop_requested => node.consensus.hand_over_leadership().await,
+    let outcome = tokio::select! {
+        _ = stop_requested => {
+            node.consensus.hand_over_leadership().await;
+            Ok(())
+        }
         _ = node.consensus.removed() => {
             tracing::warn!(member_id = format!("{member_id:x}"), "the member has been permanently removed from the cluster");
+            Ok(())
         }
+        // A member whose Raft stopped (its log or state database failed,
+        // or an apply panicked) would look alive and serve nothing: it
+        // exits instead, so a supervisor sees it and the others go on.
+        fatal = node.consensus.fatal() => Err(anyhow::anyhow!("raft stopped: {fatal}")),
+        // A listener ends only when told to: one that ends by itself is an error.
         Some(res) = servers.join_next() => {
             res.context("server task")?.context("server stopped")?;
+            Err(anyhow::anyhow!("a listener stopped serving"))
         }
-    }
+    };
     process::notify_systemd("STOPPING=1");
     let _ = stop_tx.send(true);
     // In-flight requests get a moment to finish before Raft stops.
@@ -290,7 +306,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::warn!(error = %e, "syncing the state database");
     }
     tracing::info!("stopped");
-    Ok(())
+    outcome
 }
 
 fn identity_of(plan: Plan) -> (u64, u64, Option<InitialCluster>) {
@@ -364,12 +380,10 @@ impl Listeners {
 
 type Servers = JoinSet<Result<(), tonic::transport::Error>>;
 
-/// Serves Raft on the peer listeners and the client API on the others until
-/// `stop` turns true: gRPC and HTTP together on the client URLs, unless
-/// `--listen-client-http-urls` takes HTTP apart.
-fn serve(node: &Arc<Node>, listeners: Listeners, security: &Security, peer_message_limit: usize, gateway: bool, stop: &watch::Receiver<bool>) -> Servers {
+/// Serves Raft on the peer listeners until `stop` turns true.
+fn serve_peers(node: &Arc<Node>, listeners: Vec<Listener>, security: &Security, peer_message_limit: usize, stop: &watch::Receiver<bool>) -> Servers {
     let mut servers = JoinSet::new();
-    for listener in listeners.peer {
+    for listener in listeners {
         let service = PeerServer::new(node.consensus.peer_service())
             .max_decoding_message_size(peer_message_limit)
             .max_encoding_message_size(usize::MAX);
@@ -382,23 +396,28 @@ fn serve(node: &Arc<Node>, listeners: Listeners, security: &Security, peer_messa
                 .await
         });
     }
+    servers
+}
+
+/// Serves the client API until `stop` turns true: gRPC and HTTP together on
+/// the client URLs, unless `--listen-client-http-urls` takes HTTP apart.
+fn serve_clients(servers: &mut Servers, node: &Arc<Node>, listeners: Listeners, security: &Security, gateway: bool, stop: &watch::Receiver<bool>) {
     let client_surface = match listeners.client_http.is_empty() {
         true => ClientSurface::GrpcAndHttp,
         false => ClientSurface::Grpc,
     };
     for listener in listeners.client {
         let routes = crate::api::client_routes(node.clone(), client_surface, gateway);
-        serve_client_side(&mut servers, listener, routes, security, stop, "client traffic");
+        serve_client_side(servers, listener, routes, security, stop, "client traffic");
     }
     for listener in listeners.client_http {
         let routes = crate::api::client_routes(node.clone(), ClientSurface::Http, gateway);
-        serve_client_side(&mut servers, listener, routes, security, stop, "client HTTP traffic");
+        serve_client_side(servers, listener, routes, security, stop, "client HTTP traffic");
     }
     for listener in listeners.metrics {
         let routes = Routes::from(crate::api::http::metrics_router(node.clone()));
-        serve_client_side(&mut servers, listener, routes, security, stop, "metrics and health endpoints");
+        serve_client_side(servers, listener, routes, security, stop, "metrics and health endpoints");
     }
-    servers
 }
 
 /// Serves `routes` on a listener that clients reach (with the client

@@ -206,6 +206,8 @@ pub enum KvError {
     DuplicateKey,
     #[error("etcdserver: too many operations in txn request")]
     TooManyOps,
+    #[error("etcdserver: too many requests")]
+    TooManyRequests,
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
     #[error("etcdserver: lease already exists")]

@@ -304,16 +304,19 @@ pub async fn assert_has_all(m: &Member, acked: &BTreeMap<String, String>) {
     let mut c = client(&[m.endpoint()]).await;
     loop {
         let got = c.get("w/", Some(etcd_client::GetOptions::new().with_prefix().with_serializable())).await;
-        if let Ok(got) = got {
-            let present: BTreeMap<String, String> =
-                got.kvs().iter().map(|kv| (kv.key_str().unwrap().into(), kv.value_str().unwrap().into())).collect();
-            if acked.iter().all(|(k, v)| present.get(k) == Some(v)) {
-                return;
+        match got {
+            Ok(got) => {
+                let present: BTreeMap<String, String> =
+                    got.kvs().iter().map(|kv| (kv.key_str().unwrap().into(), kv.value_str().unwrap().into())).collect();
+                if acked.iter().all(|(k, v)| present.get(k) == Some(v)) {
+                    return;
+                }
+                if Instant::now() > deadline {
+                    let missing: Vec<_> = acked.keys().filter(|k| !present.contains_key(*k)).collect();
+                    panic!("{} is missing acknowledged writes {missing:?}", m.name);
+                }
             }
-            if Instant::now() > deadline {
-                let missing: Vec<_> = acked.keys().filter(|k| !present.contains_key(*k)).collect();
-                panic!("{} is missing acknowledged writes {missing:?}", m.name);
-            }
+            Err(e) => assert!(Instant::now() < deadline, "{} cannot be read: {e}", m.name),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -136,7 +136,7 @@ pub fn status(e: KvError) -> Status {
         KvError::InvalidAuthToken => Code::Unauthenticated,
         KvError::LeaderTransferTimeout => Code::DeadlineExceeded,
         KvError::LeaseNotFound | KvError::MemberNotFound => Code::NotFound,
-        KvError::NoSpace => Code::ResourceExhausted,
+        KvError::NoSpace | KvError::TooManyRequests => Code::ResourceExhausted,
         KvError::NoLeader | KvError::LeaderChanged | KvError::Timeout | KvError::Stopped | KvError::Unhealthy | KvError::InstallingSnapshot => {
             Code::Unavailable
         }
