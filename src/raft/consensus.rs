@@ -424,6 +424,7 @@ impl Consensus {
                 }
                 Err(PeerRefusal::Stopped) if leader == self.member_id => Attempt::Done(Err(KvError::Stopped)),
                 Err(PeerRefusal::Failed(m)) => Attempt::Done(Err(KvError::Internal(m))),
+                Err(PeerRefusal::TooManyRequests) => Attempt::Done(Err(KvError::TooManyRequests)),
                 Err(_) => Attempt::Retry,
             }
         })

@@ -4,6 +4,8 @@
 //! least the commit index at its arrival: that is what makes it linearizable.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -14,9 +16,15 @@ use super::{PeerRefusal, Raft};
 
 pub type ReadIndex = Result<u64, PeerRefusal>;
 
+/// Reads waiting for a round beyond this are refused ("too many requests"):
+/// while rounds stall (no quorum), waiters must not pile up without end.
+const MAX_WAITING: usize = 10_240;
+
 #[derive(Clone)]
 pub struct ReadIndexRounds {
     waiting: mpsc::UnboundedSender<oneshot::Sender<ReadIndex>>,
+    /// Readers in `waiting`, not yet in a round.
+    queued: Arc<AtomicUsize>,
 }
 
 impl ReadIndexRounds {
@@ -28,17 +36,25 @@ impl ReadIndexRounds {
         Fut: Future<Output = ReadIndex> + Send,
     {
         let (waiting, mut arrivals) = mpsc::unbounded_channel::<oneshot::Sender<ReadIndex>>();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let taken = queued.clone();
         tokio::spawn(async move {
             while let Some(first) = arrivals.recv().await {
                 let mut round = vec![first];
                 round.extend(std::iter::from_fn(|| arrivals.try_recv().ok()));
+                taken.fetch_sub(round.len(), Ordering::AcqRel);
+                // Readers that gave up need no round.
+                round.retain(|reader| !reader.is_closed());
+                if round.is_empty() {
+                    continue;
+                }
                 let index = fetch().await;
                 for reader in round {
                     let _ = reader.send(index.clone());
                 }
             }
         });
-        ReadIndexRounds { waiting }
+        ReadIndexRounds { waiting, queued }
     }
 
     /// Rounds answered by this member as leader: one quorum check each.
@@ -69,6 +85,10 @@ impl ReadIndexRounds {
     }
 
     pub async fn read_index(&self) -> ReadIndex {
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= MAX_WAITING {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(PeerRefusal::TooManyRequests);
+        }
         let (reply, answer) = oneshot::channel();
         self.waiting.send(reply).map_err(|_| PeerRefusal::Stopped)?;
         answer.await.map_err(|_| PeerRefusal::Stopped)?
@@ -114,5 +134,21 @@ mod tests {
             assert_eq!(r.await.unwrap().unwrap(), 1);
         }
         assert_eq!(started.load(Ordering::SeqCst), 2, "the late readers shared one round");
+    }
+
+    #[tokio::test]
+    async fn readers_beyond_the_limit_are_refused_while_a_round_stalls() {
+        let rounds = ReadIndexRounds::start(|| std::future::pending::<ReadIndex>());
+        let read = || {
+            let rounds = rounds.clone();
+            tokio::spawn(async move { rounds.read_index().await })
+        };
+        // The first reader starts a round that never ends; the rest wait for the next.
+        let mut waiting = vec![read()];
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waiting.extend((0..MAX_WAITING).map(|_| read()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(matches!(rounds.read_index().await, Err(PeerRefusal::TooManyRequests)));
+        assert!(waiting.iter().all(|w| !w.is_finished()), "the waiting readers still wait");
     }
 }
