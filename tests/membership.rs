@@ -300,8 +300,10 @@ fn reconfiguration_errors_match_etcd() {
     cairn.wait_healthy(Duration::from_secs(10));
     let etcd = RealEtcd::start(dir.path());
 
+    // Real etcd has been seen to hang in one of these calls: it gets a
+    // minute, and the comparison is skipped, visibly, when it does not answer.
     let errors = |endpoint: String| {
-        rt.block_on(async move {
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(60), async move {
             let mut c = common::client(&[endpoint]).await;
             let me = c.member_list().await.unwrap().members()[0].clone();
             let mut seen = Vec::new();
@@ -323,16 +325,18 @@ fn reconfiguration_errors_match_etcd() {
                 list.members().iter().map(|m| (m.is_learner(), m.peer_urls().join(","))).collect();
             c.member_remove(learner_id).await.unwrap();
             (seen, listed)
-        })
+        }).await })
     };
-    let (cairn_errors, cairn_listed) = errors(cairn.endpoint());
+    let (cairn_errors, cairn_listed) = errors(cairn.endpoint()).expect("cairn answers within a minute");
     for e in &cairn_errors {
         assert!(e.is_err(), "every one of these must be refused: {cairn_errors:?}");
     }
     assert!(cairn_listed.contains(&(true, "http://127.0.0.1:1".to_string())), "{cairn_listed:?}");
     if let Some(etcd) = etcd {
-        let (etcd_errors, _) = errors(etcd.endpoint.clone());
-        assert_eq!(cairn_errors, etcd_errors, "cairn (left) and etcd (right) refuse alike");
+        match errors(etcd.endpoint.clone()) {
+            Ok((etcd_errors, _)) => assert_eq!(cairn_errors, etcd_errors, "cairn (left) and etcd (right) refuse alike"),
+            Err(_) => eprintln!("NOTE: real etcd did not answer the reconfiguration calls within a minute; comparison skipped"),
+        }
     }
 
     // etcd's strict reconfiguration check: with one of three members down,
