@@ -95,8 +95,11 @@ pub fn routes(grpc: Router, max_request_bytes: usize) -> Router {
     let max_body_bytes = 2 * max_request_bytes + 64 * 1024;
     ROUTES.iter().fold(Router::new(), |router, &(path, service, method)| {
         let method = method_descriptor(service, method);
+        let grpc_path = PathAndQuery::try_from(format!("/{}/{}", method.parent_service().full_name(), method.name()))
+            .expect("service and method names make a valid path");
         let grpc = grpc.clone();
-        let handler = post(move |request: Request| call(grpc.clone(), method.clone(), max_body_bytes, request));
+        let handler =
+            post(move |request: Request| call(grpc.clone(), method.clone(), grpc_path.clone(), max_body_bytes, request));
         let old_path = path.replacen("/v3", OLD_PREFIX, 1);
         router.route(path, handler.clone()).route(&old_path, handler)
     })
@@ -108,15 +111,14 @@ fn method_descriptor(service: &str, method: &str) -> MethodDescriptor {
     found.expect("every gateway method is in the descriptor set")
 }
 
-async fn call(grpc: Router, method: MethodDescriptor, max_body_bytes: usize, request: Request) -> Response {
+/// `path` is the gRPC method's, `/service/method`.
+async fn call(grpc: Router, method: MethodDescriptor, path: PathAndQuery, max_body_bytes: usize, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let metadata = forwarded_metadata(&parts.headers);
     let mut extensions = tonic::Extensions::new();
     if let Some(connection) = parts.extensions.get::<ConnInfo>() {
         extensions.insert(connection.clone());
     }
-    let path = PathAndQuery::try_from(format!("/{}/{}", method.parent_service().full_name(), method.name()))
-        .expect("service and method names make a valid path");
     let codec = DynamicCodec { output: method.output() };
     let mut client = Grpc::new(grpc).max_decoding_message_size(usize::MAX);
     let ready = client.ready().await;
