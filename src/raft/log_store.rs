@@ -1,27 +1,52 @@
-//! openraft's log storage on `store::log::LogDb`, with group commit: appends
-//! return at once and a dedicated thread fsyncs once for every append queued
-//! behind it, then reports them all flushed.
+//! openraft's log storage on `store::log::LogDb`, kept off openraft's async
+//! tasks: an append lands in an in-memory tail that readers see at once and
+//! returns; one writer thread writes every change queued behind it in one
+//! synced RocksDB batch (group commit), reports those appends flushed and
+//! drops them from the tail. A RocksDB write stall therefore delays
+//! durability, never heartbeats.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::ops::RangeBounds;
-use std::sync::{mpsc, Arc};
+use std::ops::{Bound, RangeBounds};
+use std::sync::{mpsc, Arc, Mutex};
 
 use crate::metrics::METRICS;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, ErrorSubject, ErrorVerb, RaftLogReader, StorageError, StorageIOError, Vote};
+use tokio::sync::oneshot;
 
 use super::{decode, encode, LogId, TypeConfig};
-use crate::store::log::LogDb;
+use crate::store::log::{LogDb, LogWrite, PURGED};
 
 const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
-const PURGED: &str = "purged";
+
+/// Appended entries not yet written, by index, each with the number of the
+/// append that put it there. They always form one run of indexes: written
+/// entries leave from the front, a truncation cuts the back.
+type Tail = BTreeMap<u64, (u64, Entry<TypeConfig>)>;
+
+/// Who hears that a queued change is durable.
+enum Notify {
+    Nobody,
+    Raft(LogFlushed<TypeConfig>),
+    Waiter(oneshot::Sender<Result<(), String>>),
+}
+
+struct Job {
+    change: LogWrite,
+    /// The append's number, to drop exactly its entries from the tail.
+    append: u64,
+    notify: Notify,
+}
 
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<LogDb>,
-    flushes: mpsc::Sender<LogFlushed<TypeConfig>>,
+    tail: Arc<Mutex<Tail>>,
+    appends: u64,
+    jobs: mpsc::Sender<Job>,
 }
 
 fn io_error(subject: ErrorSubject<u64>, verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError<u64> {
@@ -36,27 +61,54 @@ fn write_error(e: impl std::error::Error + 'static) -> StorageError<u64> {
     io_error(ErrorSubject::Logs, ErrorVerb::Write, e)
 }
 
+/// The writer thread: takes every job queued, writes them in one synced
+/// batch, then tells each waiter.
+fn write_queued(db: Arc<LogDb>, tail: Arc<Mutex<Tail>>, queue: mpsc::Receiver<Job>) {
+    while let Ok(first) = queue.recv() {
+        let mut jobs = vec![first];
+        jobs.extend(queue.try_iter());
+        let started = std::time::Instant::now();
+        let result = db.write_synced(jobs.iter().map(|j| &j.change)).map_err(|e| e.to_string());
+        METRICS.wal_fsync_seconds.observe(started.elapsed().as_secs_f64());
+        if result.is_ok() {
+            let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
+            for job in &jobs {
+                if let LogWrite::Append(rows) = &job.change {
+                    for (index, _) in rows {
+                        if tail.get(index).is_some_and(|(append, _)| *append == job.append) {
+                            tail.remove(index);
+                        }
+                    }
+                }
+            }
+        }
+        for job in jobs {
+            match job.notify {
+                Notify::Nobody => {}
+                Notify::Raft(callback) => callback.log_io_completed(result.clone().map_err(std::io::Error::other)),
+                Notify::Waiter(waiter) => {
+                    let _ = waiter.send(result.clone());
+                }
+            }
+        }
+    }
+}
+
 impl LogStore {
     pub fn new(db: LogDb) -> LogStore {
         let db = Arc::new(db);
-        let (flushes, queue) = mpsc::channel::<LogFlushed<TypeConfig>>();
-        let syncer = db.clone();
+        let tail = Arc::new(Mutex::new(Tail::new()));
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let (writer_db, writer_tail) = (db.clone(), tail.clone());
         std::thread::Builder::new()
-            .name("raft-log-sync".into())
-            .spawn(move || {
-                while let Ok(first) = queue.recv() {
-                    let mut waiting = vec![first];
-                    waiting.extend(queue.try_iter());
-                    let started = std::time::Instant::now();
-                    let result = syncer.sync().map_err(|e| std::io::Error::other(e.to_string()));
-                    METRICS.wal_fsync_seconds.observe(started.elapsed().as_secs_f64());
-                    for callback in waiting {
-                        callback.log_io_completed(result.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string())));
-                    }
-                }
-            })
-            .expect("spawning the log sync thread");
-        LogStore { db, flushes }
+            .name("raft-log-writer".into())
+            .spawn(move || write_queued(writer_db, writer_tail, queue))
+            .expect("spawning the log writer thread");
+        LogStore { db, tail, appends: 0, jobs }
+    }
+
+    fn tail(&self) -> std::sync::MutexGuard<'_, Tail> {
+        self.tail.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StorageError<u64>> {
@@ -66,14 +118,33 @@ impl LogStore {
         }
     }
 
-    /// Runs blocking RocksDB work (a synced write) off the async workers.
-    async fn blocking<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&LogDb) -> Result<T, crate::store::log::Error> + Send + 'static,
-    ) -> Result<T, StorageError<u64>> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || work(&db)).await.map_err(write_error)?.map_err(write_error)
+    fn queue(&self, change: LogWrite, append: u64, notify: Notify) -> Result<(), StorageError<u64>> {
+        let job = Job { change, append, notify };
+        self.jobs.send(job).map_err(|_| write_error(std::io::Error::other("the log writer thread is gone")))
     }
+
+    /// Queues `change` and waits until it is durable.
+    async fn write_durably(&self, change: LogWrite) -> Result<(), StorageError<u64>> {
+        let (done, written) = oneshot::channel();
+        self.queue(change, 0, Notify::Waiter(done))?;
+        let result = written.await.map_err(|_| write_error(std::io::Error::other("the log writer thread is gone")))?;
+        result.map_err(|e| write_error(std::io::Error::other(e)))
+    }
+}
+
+/// The first index of `range` and the first index past it.
+fn index_span(range: &impl RangeBounds<u64>) -> (u64, u64) {
+    let from = match range.start_bound() {
+        Bound::Included(&i) => i,
+        Bound::Excluded(&i) => i.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let to = match range.end_bound() {
+        Bound::Included(&i) => i.saturating_add(1),
+        Bound::Excluded(&i) => i,
+        Bound::Unbounded => u64::MAX,
+    };
+    (from, to)
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -81,8 +152,33 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError<u64>> {
-        let rows = self.db.read(range.start_bound().cloned(), range.end_bound().cloned()).map_err(read_error)?;
-        rows.iter().map(|(_, bytes)| decode(bytes).map_err(read_error)).collect()
+        let (from, to) = index_span(&range);
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        {
+            // The usual case, a leader replicating what it just appended:
+            // all of it is still in the tail.
+            let tail = self.tail();
+            if tail.first_key_value().is_some_and(|(&first, _)| first <= from) {
+                return Ok(tail.range(from..to).map(|(_, (_, e))| e.clone()).collect());
+            }
+        }
+        // RocksDB first, then the tail: an entry leaves the tail only after
+        // it was written, so none falls between the two reads.
+        let db = self.db.clone();
+        let rows = tokio::task::spawn_blocking(move || db.read(Bound::Included(from), Bound::Excluded(to)))
+            .await
+            .map_err(read_error)?
+            .map_err(read_error)?;
+        let mut entries = BTreeMap::new();
+        for (index, bytes) in rows {
+            entries.insert(index, decode::<Entry<TypeConfig>>(&bytes).map_err(read_error)?);
+        }
+        for (&index, (_, entry)) in self.tail().range(from..to) {
+            entries.insert(index, entry.clone());
+        }
+        Ok(entries.into_values().collect())
     }
 }
 
@@ -91,9 +187,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<u64>> {
         let last_purged_log_id: Option<LogId> = self.meta(PURGED)?;
-        let last = match self.db.last().map_err(read_error)? {
-            Some((_, bytes)) => Some(decode::<Entry<TypeConfig>>(&bytes).map_err(read_error)?.log_id),
-            None => None,
+        let in_tail = self.tail().last_key_value().map(|(_, (_, e))| e.log_id);
+        let last = match (in_tail, self.db.last().map_err(read_error)?) {
+            (Some(id), _) => Some(id),
+            (None, Some((_, bytes))) => Some(decode::<Entry<TypeConfig>>(&bytes).map_err(read_error)?.log_id),
+            (None, None) => None,
         };
         Ok(LogState { last_purged_log_id, last_log_id: last.or(last_purged_log_id) })
     }
@@ -103,12 +201,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError<u64>> {
-        let bytes = encode(vote);
-        self.blocking(move |db| {
-            db.put_meta(VOTE, &bytes)?;
-            db.sync()
-        })
-        .await
+        self.write_durably(LogWrite::Meta(VOTE, encode(vote))).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError<u64>> {
@@ -116,8 +209,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError<u64>> {
-        // Not synced: it only lets a restart re-apply sooner; the next log fsync covers it.
-        self.db.put_meta(COMMITTED, &encode(&committed)).map_err(write_error)
+        // Nobody waits: it only lets a restart re-apply sooner.
+        self.queue(LogWrite::Meta(COMMITTED, encode(&committed)), 0, Notify::Nobody)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError<u64>> {
@@ -129,16 +222,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
-        let rows = entries.into_iter().map(|e| (e.log_id.index, encode(&e)));
-        self.db.append(rows).map_err(write_error)?;
-        self.flushes.send(callback).map_err(|_| write_error(std::io::Error::other("log sync thread is gone")))
+        self.appends += 1;
+        let append = self.appends;
+        let mut rows = Vec::new();
+        {
+            let mut tail = self.tail();
+            for entry in entries {
+                rows.push((entry.log_id.index, encode(&entry)));
+                tail.insert(entry.log_id.index, (append, entry));
+            }
+        }
+        self.queue(LogWrite::Append(rows), append, Notify::Raft(callback))
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError<u64>> {
-        self.db.truncate_from(log_id.index).map_err(write_error)
+        self.tail().split_off(&log_id.index);
+        // Waited for, so that no read sees the cut entries in RocksDB after
+        // this returns.
+        self.write_durably(LogWrite::TruncateFrom(log_id.index)).await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError<u64>> {
-        self.db.purge_upto(log_id.index, &encode(&log_id)).map_err(write_error)
+        self.queue(LogWrite::PurgeUpto(log_id.index, encode(&log_id)), 0, Notify::Nobody)
     }
 }

@@ -1,9 +1,8 @@
 //! The Raft log in its own RocksDB (under `--wal-dir` when given): entries by
 //! index, plus the vote, the committed id and the purge point.
 //!
-//! Appends are written to RocksDB's WAL without a sync and made durable by one
-//! `sync` that covers every append before it: the Raft layer batches many
-//! appends behind one fsync (group commit).
+//! Changes are written in synced batches: the Raft layer queues many behind
+//! one write and one fsync (group commit).
 
 use std::ops::Bound;
 use std::path::Path;
@@ -12,6 +11,18 @@ use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, ReadOptions, Writ
 
 const ENTRIES: &str = "entries";
 const META: &str = "meta";
+pub const PURGED: &str = "purged";
+
+/// One change to the log, written in the order given.
+pub enum LogWrite {
+    /// Entries (index, bytes).
+    Append(Vec<(u64, Vec<u8>)>),
+    /// Removes entries with index >= this (a conflicting suffix).
+    TruncateFrom(u64),
+    /// Removes entries with index <= this and records the purge point.
+    PurgeUpto(u64, Vec<u8>),
+    Meta(&'static str, Vec<u8>),
+}
 
 pub struct LogDb {
     db: DB,
@@ -30,25 +41,32 @@ impl LogDb {
         self.db.cf_handle(name).expect("column families are created at open")
     }
 
-    fn unsynced() -> WriteOptions {
-        let mut wo = WriteOptions::default();
-        wo.set_sync(false);
-        wo
-    }
-
-    /// Writes entries (index, bytes); durable only after the next `sync`.
-    pub fn append(&self, entries: impl IntoIterator<Item = (u64, Vec<u8>)>) -> Result<(), Error> {
+    /// Writes `changes` in order, in one batch, and fsyncs: each is durable
+    /// when this returns (group commit: one sync for all of them).
+    pub fn write_synced<'a>(&self, changes: impl IntoIterator<Item = &'a LogWrite>) -> Result<(), Error> {
         let mut batch = WriteBatch::default();
-        let cf = self.cf(ENTRIES);
-        for (index, bytes) in entries {
-            batch.put_cf(cf, index.to_be_bytes(), bytes);
+        let (entries, meta) = (self.cf(ENTRIES), self.cf(META));
+        for change in changes {
+            match change {
+                LogWrite::Append(rows) => {
+                    for (index, bytes) in rows {
+                        batch.put_cf(entries, index.to_be_bytes(), bytes);
+                    }
+                }
+                LogWrite::TruncateFrom(from) => {
+                    batch.delete_range_cf(entries, from.to_be_bytes(), u64::MAX.to_be_bytes());
+                    batch.delete_cf(entries, u64::MAX.to_be_bytes());
+                }
+                LogWrite::PurgeUpto(upto, purged) => {
+                    batch.delete_range_cf(entries, 0u64.to_be_bytes(), upto.saturating_add(1).to_be_bytes());
+                    batch.put_cf(meta, PURGED, purged);
+                }
+                LogWrite::Meta(key, value) => batch.put_cf(meta, key, value),
+            }
         }
-        self.db.write_opt(batch, &Self::unsynced())
-    }
-
-    /// fsyncs the WAL: every write before this call is durable after it.
-    pub fn sync(&self) -> Result<(), Error> {
-        self.db.flush_wal(true)
+        let mut synced = WriteOptions::default();
+        synced.set_sync(true);
+        self.db.write_opt(batch, &synced)
     }
 
     /// Entries with index in `range`, in order, as stored.
@@ -76,30 +94,10 @@ impl LogDb {
         }
     }
 
-    /// Removes entries with index >= `from` (a conflicting suffix).
-    pub fn truncate_from(&self, from: u64) -> Result<(), Error> {
-        let mut batch = WriteBatch::default();
-        batch.delete_range_cf(self.cf(ENTRIES), from.to_be_bytes(), u64::MAX.to_be_bytes());
-        batch.delete_cf(self.cf(ENTRIES), u64::MAX.to_be_bytes());
-        self.db.write_opt(batch, &Self::unsynced())
-    }
-
-    /// Removes entries with index <= `upto` and records the purge point, in one write.
-    pub fn purge_upto(&self, upto: u64, purged: &[u8]) -> Result<(), Error> {
-        let mut batch = WriteBatch::default();
-        batch.delete_range_cf(self.cf(ENTRIES), 0u64.to_be_bytes(), upto.saturating_add(1).to_be_bytes());
-        batch.put_cf(self.cf(META), b"purged", purged);
-        self.db.write_opt(batch, &Self::unsynced())
-    }
-
     pub fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
         self.db.get_cf(self.cf(META), key)
     }
 
-    /// Writes a meta value; durable only after the next `sync`.
-    pub fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), Error> {
-        self.db.put_cf_opt(self.cf(META), key, value, &Self::unsynced())
-    }
 }
 
 fn index_of(k: &[u8]) -> u64 {
