@@ -43,6 +43,13 @@ fn bad_flags_exit_1_naming_the_flag() {
     fails_with(&["--feature-gates=Bogus=true"], &[], "--feature-gates: unrecognized feature gate: Bogus");
     fails_with(&["--feature-gates=InitialCorruptCheck"], &[], "expected Name=true or Name=false");
     fails_with(&["--experimental-initial-corrupt-check=maybe"], &[], "--experimental-initial-corrupt-check");
+    fails_with(&["--experimental-corrupt-check-time=often"], &[], "invalid value \"often\" for --experimental-corrupt-check-time");
+    fails_with(&["--corrupt-check-time=1"], &[], "for --corrupt-check-time: expected a duration");
+    fails_with(
+        &["--feature-gates=CompactHashCheck=true", "--experimental-compact-hash-check-time=x"],
+        &[],
+        "--experimental-compact-hash-check-time",
+    );
     fails_with(&["--metrics", "all"], &[], "--metrics");
     fails_with(&["--listen-client-urls", "http://127.0.0.1:1"], &[], "--advertise-client-urls is required");
     fails_with(

@@ -116,12 +116,7 @@ fn the_initial_corruption_check_stops_a_member_whose_data_differs_from_its_peers
     let pristine = dir.path().join("pristine");
     copy_dir(&data_dir, &pristine);
 
-    // One version's bytes changed behind Raft's back; revisions and layout stay.
-    with_state_db(&data_dir, |db| {
-        let history = db.cf_handle("history").unwrap();
-        let (key, value) = db.iterator_cf(history, rocksdb::IteratorMode::End).next().unwrap().unwrap();
-        db.put_cf(history, key, [&value[..], b"!"].concat()).unwrap();
-    });
+    change_newest_version(&data_dir);
     members[0].add_args(&["--experimental-initial-corrupt-check=true"]);
     let said = refused_start(&mut members[0]);
     assert!(said.contains("found data inconsistency with peers"), "{said}");
@@ -131,5 +126,65 @@ fn the_initial_corruption_check_stops_a_member_whose_data_differs_from_its_peers
     members[0].add_args(&["--feature-gates=InitialCorruptCheck=true"]);
     members[0].start();
     members[0].wait_healthy(Duration::from_secs(20));
-    assert_eq!(members[0].log_text().matches("initial corruption check: the peer agrees").count(), 2, "{}", members[0].log_text());
+    assert_eq!(members[0].log_text().matches("corruption check: the peer agrees").count(), 2, "{}", members[0].log_text());
+}
+
+/// Changes the bytes of the newest version in the member's state database,
+/// behind Raft's back: revisions and layout stay, the hash does not.
+fn change_newest_version(data_dir: &Path) {
+    with_state_db(data_dir, |db| {
+        let history = db.cf_handle("history").unwrap();
+        let (key, value) = db.iterator_cf(history, rocksdb::IteratorMode::End).next().unwrap().unwrap();
+        db.put_cf(history, key, [&value[..], b"!"].concat()).unwrap();
+    });
+}
+
+/// A follower's data changed behind Raft's back while the cluster runs with
+/// `flags`; after `trigger`, the leader must raise a CORRUPT alarm, after
+/// which every member refuses writes, still serves reads, and fails
+/// `/readyz`'s data_corruption check.
+fn the_leader_raises_the_corrupt_alarm(flags: &[&str], trigger: impl Fn(&str)) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut members = three_member_cluster_with(dir.path(), flags);
+    let all: Vec<String> = members.iter().map(Member::endpoint).collect();
+    for i in 0..50 {
+        etcdctl_ok(&all[0], &["put", &format!("k{i}"), "v"]);
+    }
+    let rt = runtime();
+    let follower = (rt.block_on(leader_index(&members)) + 1) % 3;
+    assert!(members[follower].terminate().success());
+    change_newest_version(&members[follower].data_dir);
+    members[follower].start();
+    members[follower].wait_healthy(Duration::from_secs(20));
+    trigger(&all[0]);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !etcdctl_ok(&all[0], &["alarm", "list"]).contains("alarm:CORRUPT") {
+        assert!(Instant::now() < deadline, "no CORRUPT alarm; leader's log:\n{}", members[rt.block_on(leader_index(&members))].log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for ep in &all {
+        let out = etcdctl(ep, &["put", "after", "x"]);
+        assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("etcdserver: corrupt cluster"), "{out:?}");
+        assert_eq!(etcdctl_ok(ep, &["get", "k1", "--print-value-only"]).trim(), "v", "reads are still served");
+        let ready = http_get(ep, "/readyz?verbose").unwrap_or_default();
+        assert!(ready.contains("data_corruption") && ready.contains("CORRUPT"), "{ready}");
+    }
+    let leader = rt.block_on(leader_index(&members));
+    assert!(members[leader].log_text().contains("found data inconsistency with a peer"), "{}", members[leader].log_text());
+}
+
+#[test]
+fn the_periodic_check_raises_the_corrupt_alarm_and_every_write_stops() {
+    the_leader_raises_the_corrupt_alarm(&["--experimental-corrupt-check-time=1s"], |_| {});
+}
+
+#[test]
+fn the_compaction_hash_check_raises_the_corrupt_alarm() {
+    let flags = ["--feature-gates=CompactHashCheck=true", "--experimental-compact-hash-check-time=1s"];
+    // Revision 51: the 50 puts; the changed version is the newest, so the
+    // hash at the compact revision covers it.
+    the_leader_raises_the_corrupt_alarm(&flags, |ep| {
+        etcdctl_ok(ep, &["compact", "51"]);
+    });
 }

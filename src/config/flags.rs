@@ -61,6 +61,11 @@ pub const SUPPORTED: &[&str] = &[
     "enable-grpc-gateway",
     "metrics",
     "experimental-initial-corrupt-check",
+    "experimental-corrupt-check-time",
+    "corrupt-check-time",
+    "experimental-compact-hash-check-enabled",
+    "experimental-compact-hash-check-time",
+    "compact-hash-check-time",
     "feature-gates",
 ];
 
@@ -74,6 +79,7 @@ pub const BOOLEAN: &[&str] = &[
     "peer-auto-tls",
     "enable-grpc-gateway",
     "experimental-initial-corrupt-check",
+    "experimental-compact-hash-check-enabled",
 ];
 
 /// etcd flags that cairn does not serve yet: named in the error rather than

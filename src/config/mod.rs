@@ -71,6 +71,11 @@ pub struct Config {
     pub metrics_extensive: bool,
     /// Compare this member's HashKV with its peers' before serving clients.
     pub initial_corrupt_check: bool,
+    /// How often the leader compares hashes at its revision (None: never).
+    pub corrupt_check_time: Option<Duration>,
+    /// How often the leader compares hashes at a new compact revision
+    /// (None: never).
+    pub compact_hash_check_time: Option<Duration>,
     pub advertise_client_urls: Vec<String>,
     pub initial_advertise_peer_urls: Vec<String>,
     pub initial_cluster: String,
@@ -307,6 +312,16 @@ impl Settings {
         }
     }
 
+    /// The name a setting is given under: etcd 3.6's `name` when set, else
+    /// 3.5's `experimental` one.
+    fn spelling(&self, name: &'static str, experimental: &'static str) -> &'static str {
+        if self.is_set(name) {
+            name
+        } else {
+            experimental
+        }
+    }
+
     /// A Go duration ("10m", "1m30s", "500ms"), as etcd's duration flags take.
     fn duration(&self, key: &str, default: Duration) -> Result<Duration, ConfigError> {
         match self.raw(key) {
@@ -407,7 +422,7 @@ impl Settings {
 /// etcd 3.6's `--feature-gates=Name=true,…`: the gates turned on. Only the
 /// gates cairn has are accepted; the lease checkpoint ones are always on.
 fn feature_gates(s: &Settings) -> Result<Vec<&'static str>, ConfigError> {
-    const KNOWN: [&str; 3] = ["InitialCorruptCheck", "LeaseCheckpoint", "LeaseCheckpointPersist"];
+    const KNOWN: [&str; 4] = ["InitialCorruptCheck", "CompactHashCheck", "LeaseCheckpoint", "LeaseCheckpointPersist"];
     let mut on = Vec::new();
     for gate in s.list("feature-gates") {
         let invalid = || ConfigError::new(format!("invalid value {gate:?} for {}: expected Name=true or Name=false", s.origin("feature-gates")));
@@ -416,7 +431,7 @@ fn feature_gates(s: &Settings) -> Result<Vec<&'static str>, ConfigError> {
         let known = KNOWN.iter().find(|k| **k == name.trim()).ok_or_else(|| {
             ConfigError::new(format!("{}: unrecognized feature gate: {name} (cairn knows {})", s.origin("feature-gates"), KNOWN.join(", ")))
         })?;
-        if !value && *known != "InitialCorruptCheck" {
+        if !value && known.starts_with("LeaseCheckpoint") {
             return Err(ConfigError::new(format!("{}: cairn always checkpoints leases; {name}=false is not supported", s.origin("feature-gates"))));
         }
         if value {
@@ -600,6 +615,13 @@ impl Config {
             metrics_extensive: s.one_of("metrics", "basic", &["basic", "extensive"])? == "extensive",
             initial_corrupt_check: s.boolean("experimental-initial-corrupt-check")?
                 || feature_gates(s)?.contains(&"InitialCorruptCheck"),
+            // 3.6 drops the experimental- prefix; either spelling is taken.
+            corrupt_check_time: Some(s.duration(s.spelling("corrupt-check-time", "experimental-corrupt-check-time"), Duration::ZERO)?).filter(|d| !d.is_zero()),
+            compact_hash_check_time: (s.boolean("experimental-compact-hash-check-enabled")?
+                || feature_gates(s)?.contains(&"CompactHashCheck"))
+            .then(|| s.duration(s.spelling("compact-hash-check-time", "experimental-compact-hash-check-time"), Duration::from_secs(60)))
+            .transpose()?
+            .filter(|d| !d.is_zero()),
             advertise_client_urls,
             initial_advertise_peer_urls,
             initial_cluster,
@@ -619,10 +641,7 @@ impl Config {
             auto_compaction: auto_compaction(s)?,
             strict_reconfig_check: s.one_of("strict-reconfig-check", "true", &["true", "false"])? == "true",
             // etcd 3.5 spells it --experimental-max-learners.
-            max_learners: match s.is_set("max-learners") {
-                true => s.number("max-learners", 1)?,
-                false => s.number("experimental-max-learners", 1)?,
-            } as usize,
+            max_learners: s.number(s.spelling("max-learners", "experimental-max-learners"), 1)? as usize,
             log_level: s.one_of("log-level", "info", &["debug", "info", "warn", "error", "panic", "fatal"])?,
             logger: s.one_of("logger", "zap", &["zap", "capnslog"])?,
             client_security,

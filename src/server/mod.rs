@@ -256,6 +256,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if config.initial_corrupt_check {
         corruption::check_initial_hash(&node).await?;
     }
+    if let Some(every) = config.corrupt_check_time {
+        tokio::spawn(corruption::check_periodically(node.clone(), every, corruption::Checkpoint::Current));
+    }
+    if let Some(every) = config.compact_hash_check_time {
+        tokio::spawn(corruption::check_periodically(node.clone(), every, corruption::Checkpoint::Compaction));
+    }
     serve_clients(&mut servers, &node, listeners, &security, config.enable_grpc_gateway, &stop_rx);
     tokio::spawn(publish_self(node.clone(), config.initial_advertise_peer_urls.clone()));
     tokio::spawn(leases::keep_leases(node.clone(), config.lease_checkpoint_interval));

@@ -162,10 +162,14 @@ impl Node {
         self.on_store(|s| Ok(s.leases()?.into_iter().map(|(id, _, _)| id).collect())).await
     }
 
-    /// Commits a command. As etcd: once the store outgrows its space quota,
+    /// Commits a command. As etcd: while a CORRUPT alarm is raised, nothing
+    /// that changes keys or leases is; once the store outgrows its space quota,
     /// a NOSPACE alarm is raised through Raft, and while it is, every member
     /// refuses commands that add data (until `alarm disarm`).
     pub async fn write(&self, command: Command) -> Result<CommandResult, KvError> {
+        if self.store.corrupted() && command.changes_data() {
+            return Err(KvError::Corrupt);
+        }
         let adds_data = command.adds_data();
         if adds_data && self.store.out_of_space() {
             return Err(KvError::NoSpace);

@@ -44,7 +44,7 @@ impl Store {
         let mut next = None;
         for item in iter {
             let (k, v) = item.map_err(db_error)?;
-            let (escaped, rev) = keys::split_index_key(&k);
+            let (escaped, rev) = keys::split_index_key(&k)?;
             if escaped != current.as_slice() {
                 drop_obsolete(&mut versions);
                 if rows >= max_rows {
@@ -55,7 +55,7 @@ impl Store {
             }
             rows += 1;
             if rev <= revision {
-                let (sub, deleted) = keys::parse_index_value(&v);
+                let (sub, deleted) = keys::parse_index_value(&v)?;
                 versions.push((k, rev, sub, deleted));
             }
         }

@@ -62,8 +62,17 @@ pub fn lease_key(id: i64) -> Vec<u8> {
     [LEASE_PREFIX, &id.to_be_bytes()].concat()
 }
 
-pub fn lease_id_of(lease_key: &[u8]) -> i64 {
-    i64::from_be_bytes(lease_key[1..9].try_into().expect("lease keys hold an 8-byte id"))
+/// A record of `what` that does not have the shape cairn writes.
+fn corrupt(what: &str, raw: &[u8]) -> KvError {
+    KvError::Internal(format!("corrupt record: {what} of {} bytes", raw.len()))
+}
+
+fn be_u64(bytes: Option<&[u8]>) -> Option<u64> {
+    bytes?.try_into().ok().map(u64::from_be_bytes)
+}
+
+pub fn lease_id_of(lease_key: &[u8]) -> Result<i64, KvError> {
+    be_u64(lease_key.get(1..9)).map(|id| id as i64).ok_or_else(|| corrupt("a lease key", lease_key))
 }
 
 /// Where the keys attached to lease `id` are listed.
@@ -75,8 +84,8 @@ pub fn lease_attachment(id: i64, key: &[u8]) -> Vec<u8> {
     [LEASE_KEY_PREFIX, &id.to_be_bytes(), key].concat()
 }
 
-pub fn history_revision(history_key: &[u8]) -> i64 {
-    u64::from_be_bytes(history_key[..8].try_into().expect("history keys are 12 bytes")) as i64
+pub fn history_revision(history_key: &[u8]) -> Result<i64, KvError> {
+    be_u64(history_key.get(..8)).map(|r| r as i64).ok_or_else(|| corrupt("a history key", history_key))
 }
 
 /// Escapes a user key so that it sorts like the key and no escaped key is a
@@ -100,9 +109,10 @@ pub fn index_key(key: &[u8], revision: i64) -> Vec<u8> {
 }
 
 /// Splits an index key into the escaped user key and the revision.
-pub fn split_index_key(k: &[u8]) -> (&[u8], i64) {
-    let (esc, rev) = k.split_at(k.len() - 8);
-    (esc, u64::from_be_bytes(rev.try_into().expect("8 bytes")) as i64)
+pub fn split_index_key(k: &[u8]) -> Result<(&[u8], i64), KvError> {
+    let split = k.len().checked_sub(8).ok_or_else(|| corrupt("an index key", k))?;
+    let (esc, rev) = k.split_at(split);
+    Ok((esc, be_u64(Some(rev)).ok_or_else(|| corrupt("an index key", k))? as i64))
 }
 
 pub fn index_value(sub: u32, tombstone: bool) -> [u8; 5] {
@@ -112,15 +122,16 @@ pub fn index_value(sub: u32, tombstone: bool) -> [u8; 5] {
     v
 }
 
-pub fn parse_index_value(v: &[u8]) -> (u32, bool) {
-    (u32::from_be_bytes(v[..4].try_into().expect("4 bytes")), v[4] == 1)
+pub fn parse_index_value(v: &[u8]) -> Result<(u32, bool), KvError> {
+    match v {
+        [a, b, c, d, tombstone] => Ok((u32::from_be_bytes([*a, *b, *c, *d]), *tombstone == 1)),
+        _ => Err(corrupt("an index entry", v)),
+    }
 }
 
 /// A revision record: eight bytes, or it is corrupt.
 pub fn decode_i64(raw: &[u8]) -> Result<i64, KvError> {
-    raw.try_into()
-        .map(i64::from_be_bytes)
-        .map_err(|_| KvError::Internal(format!("corrupt record: a revision of {} bytes", raw.len())))
+    raw.try_into().map(i64::from_be_bytes).map_err(|_| corrupt("a revision", raw))
 }
 
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -195,6 +206,20 @@ fn unescape_key(esc: &[u8]) -> Vec<u8> {
 
 
     #[test]
+    fn malformed_records_are_errors_not_panics() {
+        for bad in [&b""[..], b"\x01", b"1234567"] {
+            assert!(split_index_key(bad).is_err());
+            assert!(history_revision(bad).is_err());
+            assert!(lease_id_of(bad).is_err());
+            assert!(parse_index_value(bad).is_err());
+        }
+        assert!(parse_index_value(b"123456").is_err());
+        assert_eq!(parse_index_value(&index_value(7, true)).unwrap(), (7, true));
+        assert_eq!(lease_id_of(&lease_key(-5)).unwrap(), -5);
+        assert!(split_index_key(b"12345678").unwrap().0.is_empty());
+    }
+
+    #[test]
     fn escaping_preserves_order_and_is_prefix_free() {
         let keys: Vec<&[u8]> = vec![b"", b"\0", b"\0\0", b"\0\x01", b"a", b"a\0", b"a\0b", b"a\x01", b"ab", b"b"];
         for w in keys.windows(2) {
@@ -204,7 +229,7 @@ fn unescape_key(esc: &[u8]) -> Vec<u8> {
         for k in keys {
             assert_eq!(unescape_key(&escape_key(k)), k);
             let ik = index_key(k, 42);
-            let (esc, rev) = split_index_key(&ik);
+            let (esc, rev) = split_index_key(&ik).unwrap();
             assert_eq!((unescape_key(esc).as_slice(), rev), (k, 42));
         }
     }

@@ -53,14 +53,14 @@ impl Store {
         iter_ro.set_snapshot(view.snapshot.as_ref().expect("a snapshot view"));
         for item in self.db.iterator_cf_opt(Cfs::handle(&self.db, Cfs::INDEX), iter_ro, IteratorMode::Start) {
             let (k, v) = item.map_err(db_error)?;
-            let (escaped, rev) = keys::split_index_key(&k);
+            let (escaped, rev) = keys::split_index_key(&k)?;
             if escaped != current.as_slice() {
                 if let Some((ik, r, s, false)) = newest_compacted.take() {
                     hash_version(&ik, r, s)?;
                 }
                 current = escaped.to_vec();
             }
-            let (sub, deleted) = keys::parse_index_value(&v);
+            let (sub, deleted) = keys::parse_index_value(&v)?;
             if rev <= compact {
                 newest_compacted = Some((k.to_vec(), rev, sub, deleted));
             } else if rev <= revision {
@@ -114,9 +114,15 @@ impl Store {
         self.nospace.load(Ordering::SeqCst)
     }
 
+    /// True while a CORRUPT alarm is raised: every write is refused.
+    pub fn corrupted(&self) -> bool {
+        self.corrupt.load(Ordering::SeqCst)
+    }
+
     pub(super) fn load_alarms(&self) -> Result<(), KvError> {
-        let nospace = self.alarms()?.iter().any(|(_, alarm)| *alarm == ALARM_NOSPACE);
-        self.nospace.store(nospace, Ordering::SeqCst);
+        let alarms = self.alarms()?;
+        self.nospace.store(alarms.iter().any(|(_, alarm)| *alarm == ALARM_NOSPACE), Ordering::SeqCst);
+        self.corrupt.store(alarms.iter().any(|(_, alarm)| *alarm == ALARM_CORRUPT), Ordering::SeqCst);
         Ok(())
     }
 }

@@ -89,6 +89,7 @@ pub struct Store {
     physically_compacted: tokio::sync::watch::Sender<i64>,
     /// A NOSPACE alarm is raised.
     nospace: AtomicBool,
+    corrupt: AtomicBool,
     /// A snapshot from the leader is replacing the state: reads would see a mix.
     installing: AtomicBool,
     /// The auth state as last applied, for checks that must not read the database.
@@ -116,6 +117,7 @@ impl Store {
             compact_revision: tokio::sync::watch::channel(0).0,
             physically_compacted: tokio::sync::watch::channel(0).0,
             nospace: AtomicBool::new(false),
+            corrupt: AtomicBool::new(false),
             installing: AtomicBool::new(false),
             auth: Registry::new(AuthState::default()),
         };
@@ -326,7 +328,7 @@ impl Store {
         let mut bytes = 0;
         for item in iter {
             let (k, v) = item.map_err(db_error)?;
-            let revision = keys::history_revision(&k);
+            let revision = keys::history_revision(&k)?;
             if out.last().is_none_or(|r| r.revision != revision) {
                 if bytes > max_bytes {
                     let covered = out.last().map_or(from - 1, |r| r.revision);
@@ -404,7 +406,7 @@ impl Store {
         scan_prefix(&self.db, Cfs::LEASE, keys::LEASE_PREFIX)
             .map(|row| {
                 let (k, v) = row?;
-                let id = keys::lease_id_of(&k);
+                let id = keys::lease_id_of(&k)?;
                 let record: keys::LeaseRecord =
                     decode(&v).map_err(|e| KvError::Internal(format!("lease {id:x}: {}", detail(e))))?;
                 Ok((id, record.ttl, record.remaining))

@@ -294,6 +294,8 @@ pub enum KvError {
     InvalidAuthMgmt,
     #[error("etcdserver: revision of auth store is old")]
     AuthOldRevision,
+    #[error("etcdserver: corrupt cluster")]
+    Corrupt,
 }
 
 impl Op {
@@ -339,6 +341,17 @@ impl Command {
     pub fn adds_data(&self) -> bool {
         match self.unwrapped() {
             Command::Write(op) => op.adds_data(),
+            _ => false,
+        }
+    }
+
+    /// True when the command changes keys or leases: what a CORRUPT alarm
+    /// refuses (as etcd's corrupt applier does); alarms, members and auth
+    /// still get through, so the alarm can be handled.
+    pub fn changes_data(&self) -> bool {
+        match self.unwrapped() {
+            Command::Write(op) => !op.is_read_only(),
+            Command::Compact { .. } | Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => true,
             _ => false,
         }
     }

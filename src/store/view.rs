@@ -172,14 +172,14 @@ impl<'a> View<'a> {
         };
         for item in iter {
             let (k, v) = item.map_err(db_error)?;
-            let (esc, rev) = keys::split_index_key(&k);
+            let (esc, rev) = keys::split_index_key(&k)?;
             let same_key = matches!(&group, Some((g, _)) if g.as_slice() == esc);
             if !same_key && !emit(group.take())? {
                 return Ok(());
             }
             let entry = group.get_or_insert_with(|| (esc.to_vec(), None));
             if rev <= revision {
-                let (sub, tombstone) = keys::parse_index_value(&v);
+                let (sub, tombstone) = keys::parse_index_value(&v)?;
                 entry.1 = Some((rev, sub, tombstone));
             }
         }

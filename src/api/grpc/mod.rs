@@ -141,6 +141,7 @@ pub fn status(e: KvError) -> Status {
             Code::Unavailable
         }
         KvError::Internal(_) => Code::Internal,
+        KvError::Corrupt => Code::DataLoss,
     };
     Status::new(code, e.to_string())
 }
