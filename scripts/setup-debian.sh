@@ -3,10 +3,11 @@
 # protoc and libclang (RocksDB's bindings) to build; the real etcdctl and etcd
 # to test and compare against; cfssl and openssl to make the certificates the
 # TLS tests use, as the installation guides make them; Python's Prometheus
-# parser, which reads /metrics in the tests. Needs a Rust toolchain
+# parser, which reads /metrics in the tests; libfaketime, iptables and
+# iproute2 for the fault harness's clock jumps and partitions. Needs a Rust toolchain
 # (rustup) already.
 set -euo pipefail
-packages=(protobuf-compiler libclang-dev clang g++ make curl openssl golang-cfssl etcd-client etcd-server python3-prometheus-client)
+packages=(protobuf-compiler libclang-dev clang g++ make curl openssl golang-cfssl etcd-client etcd-server python3-prometheus-client libfaketime iptables iproute2)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

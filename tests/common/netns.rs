@@ -85,6 +85,12 @@ impl Network {
         }
     }
 
+    /// Drops what `host` receives from `from`; what it sends still arrives.
+    pub fn drop_from(&self, host: usize, from: usize) {
+        let ns = self.namespace(host);
+        must(&["ip", "netns", "exec", &ns, "iptables", "-A", "INPUT", "-s", &self.ip(from), "-j", "DROP"]);
+    }
+
     pub fn heal(&self, host: usize) {
         must(&["ip", "netns", "exec", &self.namespace(host), "iptables", "-F"]);
     }
