@@ -316,9 +316,10 @@ pub async fn watcher(rec: Arc<Recorder>, endpoints: Vec<String>, spec: WatchSpec
     }
 }
 
-/// One watch on `endpoint` from `from` until it vouched for `until`.
+/// One watch on `endpoint` from `from` until it vouched for `until` (a long
+/// run's whole history takes minutes).
 pub async fn collect(endpoint: &str, spec: &WatchSpec, from: i64, until: i64) -> Result<Stream, String> {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(600);
     let stream = follow(endpoint, spec, from, Duration::from_millis(200), |s| reached(s) >= until || Instant::now() > deadline).await;
     if reached(&stream) < until {
         return Err(format!("watch {} on {endpoint} reached revision {} of {until}", stream.name, reached(&stream)));
