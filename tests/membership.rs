@@ -356,3 +356,50 @@ fn reconfiguration_errors_match_etcd() {
     let out = etcdctl(&eps, &["member", "remove", &alive_id]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("etcdserver: unhealthy cluster"), "{out:?}");
 }
+
+/// A member whose log starts before the leader joined knows, while it
+/// replays that log, only configurations without the leader; it must still
+/// take the leader's entries (the fault harness found a new member that
+/// refused them forever as "a member not in this cluster").
+#[test]
+fn a_member_replaying_old_configurations_takes_a_leader_that_joined_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut members = three_member_cluster(dir.path());
+    let (ep1, ep2) = (members[0].endpoint(), members[1].endpoint());
+    let rt = runtime();
+    // More entries than one AppendEntries carries (1024), one per put: a
+    // member replaying this log stops between batches at a configuration
+    // without the later members.
+    rt.block_on(async {
+        let mut c = common::client(&[ep1.clone()]).await;
+        for i in 0..1500 {
+            c.put(format!("k{i}"), "v", None).await.unwrap();
+        }
+    });
+    // m3 replaced by m4, which then leads.
+    let m3 = id_of(&member_list(&ep1), "m3");
+    member_remove(&format!("{ep1},{ep2}"), &m3, &members);
+    members[2].kill9();
+    let p4 = free_port();
+    let added = member_add(&format!("{ep1},{ep2}"), "m4", &format!("http://127.0.0.1:{p4}"), false);
+    let m4 = joining_member(dir.path(), "m4", &added, p4);
+    let all = format!("{ep1},{ep2},{}", m4.endpoint());
+    wait_for_list(&ep1, "m4 started", |l| all_started_voters(l, 3));
+    etcdctl_ok(&all, &["move-leader", &added.id]);
+    let trio = [members.remove(0), members.remove(0), m4];
+    assert_eq!(rt.block_on(leader_index(&trio)), 2, "m4 leads");
+
+    // m1 replaced by m5: m5 replays the log from its start, where m4 is not
+    // yet a member.
+    let m1 = id_of(&member_list(&ep2), "m1");
+    let [mut m1_member, m2_member, m4] = trio;
+    member_remove(&format!("{ep2},{}", m4.endpoint()), &m1, &[]);
+    m1_member.kill9();
+    let p5 = free_port();
+    let added = member_add(&format!("{ep2},{}", m4.endpoint()), "m5", &format!("http://127.0.0.1:{p5}"), false);
+    let m5 = joining_member(dir.path(), "m5", &added, p5);
+    let got = etcdctl_ok(&m5.endpoint(), &["get", "k1499", "--print-value-only", "--consistency=s"]);
+    assert_eq!(got.trim(), "v", "m5 caught up");
+    assert!(m5.log_text().contains("which a known member vouched for"), "{}", m5.log_text());
+    drop(m2_member);
+}

@@ -18,6 +18,7 @@ use super::proposer::Proposer;
 use super::read_index::ReadIndexRounds;
 use super::snapshots::Snapshots;
 use super::transfer;
+use super::peer_service::Vouching;
 use super::{LogStore, PeerNode, PeerRefusal, PeerService, Raft, StateMachine};
 use crate::store::log::LogDb;
 use crate::store::types::{Command, CommandResult, KvError};
@@ -47,6 +48,7 @@ pub struct Consensus {
     member_id: u64,
     cluster_id: u64,
     peers: Peers,
+    vouching: Arc<std::sync::Mutex<Vouching>>,
     request_timeout: Duration,
     election_timeout: Duration,
     /// The leases; on the leader, the one that keeps their time.
@@ -148,6 +150,7 @@ impl Consensus {
             member_id,
             cluster_id,
             peers,
+            vouching: Arc::default(),
             request_timeout,
             election_timeout,
             lessor,
@@ -178,6 +181,7 @@ impl Consensus {
             members: self.members.clone(),
             store: self.store.clone(),
             peers: self.peers.clone(),
+            vouching: self.vouching.clone(),
             cluster_id: self.cluster_id,
         }
     }
@@ -307,8 +311,7 @@ impl Consensus {
             // The state machine records removals when it applies the change.
             if membership.is_some() && membership != checked && applied >= membership {
                 checked = membership;
-                let (store, id) = (self.store.clone(), self.member_id);
-                if matches!(tokio::task::spawn_blocking(move || store.is_removed(id)).await, Ok(Ok(true))) {
+                if super::known_removed(&self.store, self.member_id).await {
                     return;
                 }
             }

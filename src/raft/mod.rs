@@ -89,6 +89,13 @@ impl PeerRefusal {
     }
 }
 
+/// True once the state database records member `id` as removed (read off
+/// the async workers; an unreadable record counts as not removed).
+async fn known_removed(store: &std::sync::Arc<crate::store::Store>, id: u64) -> bool {
+    let store = store.clone();
+    matches!(tokio::task::spawn_blocking(move || store.is_removed(id)).await, Ok(Ok(true)))
+}
+
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     postcard::to_allocvec(value).expect("in-memory serialization cannot fail")
 }

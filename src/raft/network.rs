@@ -254,7 +254,7 @@ impl PeerConnection {
         file.seek(SeekFrom::Start(0)).await.map_err(|e| unreachable(&e))?;
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let header = Payload { data: encode(&(&vote, &snapshot.meta, size)) };
-        let target = self.target;
+        let sent = METRICS.peer_sent_bytes.with_label_values(&[&format!("{:x}", self.target)]);
         let feed = async move {
             tx.send(header).await.ok();
             loop {
@@ -263,7 +263,7 @@ impl PeerConnection {
                 if data.is_empty() {
                     return Ok(());
                 }
-                METRICS.peer_sent_bytes.with_label_values(&[&format!("{target:x}")]).inc_by(data.len() as u64);
+                sent.inc_by(data.len() as u64);
                 match tokio::time::timeout(stalled, tx.send(Payload { data })).await {
                     Err(_) => return Err(std::io::Error::other(format!("the follower took no snapshot data for {stalled:?}"))),
                     // The call ended early: its answer says why.

@@ -1,8 +1,9 @@
 //! The server side of the peer protocol: Raft RPCs into openraft, and the
 //! leader's half of write forwarding and ReadIndex.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use openraft::{Snapshot, Vote};
 use tokio::io::AsyncWriteExt;
@@ -10,7 +11,7 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::members::{ClusterInfo, MemberChange, Members};
-use super::network::{removed_member_status, Peers};
+use super::network::{removed_member_status, Method, Peers};
 use super::peerpb::peer_server::Peer;
 use super::peerpb::Payload;
 use super::proposer::Proposer;
@@ -18,7 +19,7 @@ use super::read_index::ReadIndexRounds;
 use super::snapshots::{Meta, SnapshotData};
 use super::credentials::{self, Needs};
 use super::consensus::answer_lease_query;
-use super::{clock, decode, encode, transfer, PeerRefusal, Raft};
+use super::{clock, decode, encode, transfer, PeerNode, PeerRefusal, Raft};
 use crate::lease::{LeaseQuery, Lessor};
 use crate::metrics::METRICS;
 use crate::store::types::{Command, CommandResult};
@@ -32,8 +33,20 @@ pub struct PeerService {
     pub(super) members: Members,
     pub(super) store: Arc<Store>,
     pub(super) peers: Peers,
+    pub(super) vouching: Arc<Mutex<Vouching>>,
     pub(super) cluster_id: u64,
 }
+
+/// Senders missing from this member's membership that a member it knows
+/// vouched for, and when a lookup last failed for each other sender.
+#[derive(Default)]
+pub(super) struct Vouching {
+    vouched: HashSet<u64>,
+    refused_at: HashMap<u64, Instant>,
+}
+
+/// A sender no known member vouched for is not looked up again for this long.
+const LOOKUP_PAUSE: Duration = Duration::from_secs(1);
 
 fn payload<T: serde::de::DeserializeOwned>(req: Request<Payload>) -> Result<T, Status> {
     if let Some(sender) = credentials::sender(req.metadata()) {
@@ -71,11 +84,46 @@ impl PeerService {
         else {
             return Err(refusal);
         };
-        let store = self.store.clone();
-        if matches!(tokio::task::spawn_blocking(move || store.is_removed(sender)).await, Ok(Ok(true))) {
+        if super::known_removed(&self.store, sender).await {
             return Err(removed_member_status(sender));
         }
+        if self.vouched_for(sender).await {
+            return Ok(());
+        }
         Err(refusal)
+    }
+
+    /// Whether a member this one knows has `sender` in its membership. A
+    /// member whose log is behind (back after a long absence, or replaying
+    /// the log from before its own addition) knows only older
+    /// configurations, and must not refuse a leader that joined since (etcd
+    /// takes such senders too); a stranger no member knows stays refused.
+    async fn vouched_for(&self, sender: u64) -> bool {
+        {
+            let vouching = self.vouching.lock().unwrap_or_else(|p| p.into_inner());
+            if vouching.vouched.contains(&sender) {
+                return true;
+            }
+            if vouching.refused_at.get(&sender).is_some_and(|at| at.elapsed() < LOOKUP_PAUSE) {
+                return false;
+            }
+        }
+        let me = self.raft.metrics().borrow().id;
+        let known: Vec<(u64, PeerNode)> = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            metrics.membership_config.membership().nodes().filter(|(id, _)| **id != me).map(|(id, n)| (*id, n.clone())).collect()
+        };
+        for (id, node) in known {
+            let asked = self.peers.call::<(), ClusterInfo>(id, &node, Some(LOOKUP_PAUSE), Method::ClusterInfo, &()).await;
+            if asked.is_ok_and(|info| info.cluster_id == self.cluster_id && info.members.iter().any(|m| m.id == sender)) {
+                tracing::info!(remote_peer_id = %format!("{sender:x}"), vouched_by = %format!("{id:x}"), "took a member this one does not know yet, which a known member vouched for");
+                self.vouching.lock().unwrap_or_else(|p| p.into_inner()).vouched.insert(sender);
+                return true;
+            }
+        }
+        self.vouching.lock().unwrap_or_else(|p| p.into_inner()).refused_at.insert(sender, Instant::now());
+        false
     }
 
     /// Writes a snapshot stream to `data`'s file (memory stays at a chunk or
