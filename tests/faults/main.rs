@@ -63,8 +63,10 @@ fn seed() -> u64 {
 /// Runs the workload through the faults `next_fault` gives, round by round,
 /// then checks everything; panics with the seed on any violation.
 fn run(seed: u64, mut rng: StdRng, mut next_fault: impl FnMut(usize, &mut StdRng) -> Option<Fault>) {
-    let dir = tempfile::tempdir().unwrap();
-    let Some(mut cluster) = Cluster::start(dir.path()) else { return };
+    // Kept when the run fails: the members' logs and data are the evidence.
+    let dir = tempfile::Builder::new().prefix("cairn-faults-").tempdir().unwrap().keep();
+    eprintln!("members' logs and data in {}", dir.display());
+    let Some(mut cluster) = Cluster::start(&dir) else { return };
     let rt = common::runtime();
     let endpoints = cluster.endpoints();
     let rec = Recorder::new();
@@ -107,7 +109,11 @@ fn run(seed: u64, mut rng: StdRng, mut next_fault: impl FnMut(usize, &mut StdRng
     });
     let report = rt.block_on(check(&cluster, &rec, first, &mut rng));
     match report {
-        Ok(counts) => eprintln!("{} faults; {counts}", done.len()),
+        Ok(counts) => {
+            eprintln!("{} faults; {counts}", done.len());
+            drop(cluster);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
         Err(violation) => panic!("{violation}\nfaults: {done:#?}\nreplay with CAIRN_FAULT_SEED={seed}"),
     }
 }

@@ -111,7 +111,8 @@ impl Cluster {
                 self.members[victim].kill9();
                 std::thread::sleep(HELD);
                 self.members[victim].start();
-                format!("kill -9 of m{victim} for {HELD:?}")
+                let role = if victim == leader { "leader" } else { "follower" };
+                format!("kill -9 of {role} m{victim} for {HELD:?}")
             }
             Fault::KillAll => {
                 self.members.iter_mut().for_each(Member::kill9);
@@ -150,8 +151,8 @@ impl Cluster {
             }
             Fault::ReplaceFollower => {
                 let peer_url = self.members[follower].peer_url.clone();
-                rt.block_on(self.replace(follower, &peer_url));
-                format!("m{follower} removed, wiped and added back")
+                let (old, new) = rt.block_on(self.replace(follower, &peer_url));
+                format!("m{follower} ({old:x}) removed, wiped and added back as {new:x}")
             }
         };
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -163,7 +164,7 @@ impl Cluster {
 
     /// MemberRemove of member `i`, its data wiped, MemberAdd of it again,
     /// and a start that joins the existing cluster.
-    async fn replace(&mut self, i: usize, peer_url: &str) {
+    async fn replace(&mut self, i: usize, peer_url: &str) -> (u64, u64) {
         let others: Vec<String> =
             self.members.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, m)| m.endpoint()).collect();
         let mut c = client(&others).await;
@@ -183,9 +184,10 @@ impl Cluster {
         }
         self.members[i].kill9();
         std::fs::remove_dir_all(&self.members[i].data_dir).unwrap();
-        c.member_add([peer_url], None).await.unwrap();
+        let added = c.member_add([peer_url], None).await.unwrap().member().map_or(0, |m| m.id());
         self.members[i].add_args(&["--initial-cluster-state", "existing"]);
         self.members[i].start();
+        (id, added)
     }
 
     /// Every member's process, still running (none exited by itself).
