@@ -85,15 +85,10 @@ pub enum Checkpoint {
     Compaction,
 }
 
-/// A compact revision some peer could not be compared at is tried this many
-/// times (a follower may not have compacted yet).
-const COMPACTION_TRIES: u32 = 3;
-
 /// On the leader, every `every`: compares hashes at `at` and raises a
 /// CORRUPT alarm for each peer that differs.
 pub async fn check_periodically(node: Arc<Node>, every: Duration, at: Checkpoint) {
     let mut compared_compaction = 0;
-    let mut tries = 0;
     while node.idle(every).await {
         if node.consensus.leader() != Some(node.member_id) || node.store.corrupted() {
             continue;
@@ -113,10 +108,10 @@ pub async fn check_periodically(node: Arc<Node>, every: Duration, at: Checkpoint
             }
         };
         let found = compare_with_peers(&node, local).await;
-        tries += 1;
-        if found.unknown == 0 || tries >= COMPACTION_TRIES {
+        // A peer that has not compacted yet (or is down) is compared at the
+        // next tick, until a newer compaction takes this one's place.
+        if found.unknown == 0 {
             compared_compaction = compared_compaction.max(local.2);
-            tries = 0;
         }
         for (peer, theirs) in found.differ {
             tracing::error!(
