@@ -170,9 +170,10 @@ impl Cluster {
         let mut c = client(&others).await;
         let name = self.members[i].name.clone();
         let id = c.member_list().await.unwrap().members().iter().find(|m| m.name() == name).unwrap().id();
-        // The strict reconfiguration check refuses ("unhealthy cluster")
-        // while the leader has not yet heard from a member the last fault
-        // touched; an operator would retry, and so does this.
+        // The strict reconfiguration check refuses removes and adds
+        // ("unhealthy cluster") while the leader has not yet heard from a
+        // member the last fault touched; an operator would retry, and so
+        // does this.
         let deadline = Instant::now() + Duration::from_secs(20);
         while let Err(e) = c.member_remove(id).await {
             assert!(Instant::now() < deadline, "member remove: {e}");
@@ -184,7 +185,14 @@ impl Cluster {
         }
         self.members[i].kill9();
         std::fs::remove_dir_all(&self.members[i].data_dir).unwrap();
-        let added = c.member_add([peer_url], None).await.unwrap().member().map_or(0, |m| m.id());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let added = loop {
+            match c.member_add([peer_url], None).await {
+                Ok(added) => break added.member().map_or(0, |m| m.id()),
+                Err(e) => assert!(Instant::now() < deadline, "member add: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
         self.members[i].add_args(&["--initial-cluster-state", "existing"]);
         self.members[i].start();
         (id, added)
