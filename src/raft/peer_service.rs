@@ -108,10 +108,10 @@ impl PeerService {
                 return false;
             }
         }
-        let me = self.raft.metrics().borrow().id;
         let known: Vec<(u64, PeerNode)> = {
             let metrics = self.raft.metrics();
             let metrics = metrics.borrow();
+            let me = metrics.id;
             metrics.membership_config.membership().nodes().filter(|(id, _)| **id != me).map(|(id, n)| (*id, n.clone())).collect()
         };
         for (id, node) in known {
