@@ -152,7 +152,8 @@ fn the_leader_raises_the_corrupt_alarm(flags: &[&str], trigger: impl Fn(&str)) {
     }
     let rt = runtime();
     let follower = (rt.block_on(leader_index(&members)) + 1) % 3;
-    assert!(members[follower].terminate().success());
+    let status = members[follower].terminate();
+    assert!(status.success(), "the follower stopped with {status}:\n{}", members[follower].log_text());
     change_newest_version(&members[follower].data_dir);
     // Not waited for until healthy: with the periodic check the alarm may be
     // raised first, and a member with an alarm is not healthy (as in etcd).

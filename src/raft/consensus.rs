@@ -190,12 +190,23 @@ impl Consensus {
         self.raft.metrics().borrow().clone()
     }
 
-    /// Raft's metrics as they change.
     /// The other members of the cluster as Raft knows them now.
     pub fn peer_ids(&self) -> Vec<u64> {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
         m.membership_config.membership().nodes().map(|(id, _)| *id).filter(|id| *id != self.member_id).collect()
+    }
+
+    /// The other members once Raft has reported the membership it loaded
+    /// from the log: right after start its metrics still hold none. A member
+    /// that joins with an empty log knows none until `patience` runs out.
+    pub async fn loaded_peer_ids(&self, patience: Duration) -> Vec<u64> {
+        let _ = self
+            .raft
+            .wait(Some(patience))
+            .metrics(|m| m.membership_config.membership().nodes().next().is_some(), "membership loaded")
+            .await;
+        self.peer_ids()
     }
 
     /// Member `id`'s HashKV at `revision`: (hash, revision, compact revision).

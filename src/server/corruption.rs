@@ -24,6 +24,10 @@ use super::Node;
 use crate::store::maintenance::ALARM_CORRUPT;
 use crate::store::types::Command;
 
+/// How long the initial check waits for Raft to report the membership it
+/// loaded; a member joining with an empty log has none to report.
+const MEMBERSHIP_LOAD_PATIENCE: Duration = Duration::from_secs(3);
+
 /// HashKV: (hash, revision, compact revision).
 type Hash = (u32, i64, i64);
 
@@ -41,9 +45,9 @@ struct Comparison {
     unknown: usize,
 }
 
-async fn compare_with_peers(node: &Node, (hash, revision, compact): Hash) -> Comparison {
+async fn compare_with_peers(node: &Node, peers: Vec<u64>, (hash, revision, compact): Hash) -> Comparison {
     let mut found = Comparison::default();
-    for peer in node.consensus.peer_ids() {
+    for peer in peers {
         let peer_hex = format!("{peer:x}");
         match node.consensus.peer_hash_kv(peer, revision).await {
             Ok((_, _, their_compact)) if their_compact != compact => {
@@ -66,7 +70,11 @@ async fn compare_with_peers(node: &Node, (hash, revision, compact): Hash) -> Com
 
 pub async fn check_initial_hash(node: &Node) -> anyhow::Result<()> {
     let local = local_hash(node, 0).await?;
-    if let Some((peer, theirs)) = compare_with_peers(node, local).await.differ.first() {
+    let peers = node.consensus.loaded_peer_ids(MEMBERSHIP_LOAD_PATIENCE).await;
+    if peers.is_empty() {
+        tracing::warn!("initial corruption check skipped: this member knows no peers yet");
+    }
+    if let Some((peer, theirs)) = compare_with_peers(node, peers, local).await.differ.first() {
         return Err(anyhow!(
             "found data inconsistency with peers: at revision {} this member's hash is {}, \
              member {peer:x}'s is {theirs}; restore this member from a healthy one (etcdctl snapshot)",
@@ -107,7 +115,7 @@ pub async fn check_periodically(node: Arc<Node>, every: Duration, at: Checkpoint
                 continue;
             }
         };
-        let found = compare_with_peers(&node, local).await;
+        let found = compare_with_peers(&node, node.consensus.peer_ids(), local).await;
         // A peer that has not compacted yet (or is down) is compared at the
         // next tick, until a newer compaction takes this one's place.
         if found.unknown == 0 {

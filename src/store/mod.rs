@@ -209,6 +209,11 @@ impl Store {
         let outcome = match command {
             // Blank and membership entries only move the applied log id.
             None => Ok(OpResult::Done),
+            // The alarms are refused here too, not only where commands are
+            // proposed: a member that had not yet applied an alarm may have
+            // proposed a command the log orders after it.
+            Some(command) if command.changes_data() && self.corrupted() => Err(KvError::Corrupt),
+            Some(command) if command.adds_data() && self.out_of_space() => Err(KvError::NoSpace),
             Some(command) => self.execute(&mut exec, command, None, &mut auth_applied),
         };
         if let Err(KvError::Internal(e)) = &outcome {
