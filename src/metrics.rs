@@ -3,8 +3,9 @@
 //! where the work happens (the log's fsync thread, the state database's
 //! commits, the gRPC routes); gauges of state are read when scraped.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock, Mutex};
 
 use prometheus::{
     exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -37,9 +38,13 @@ pub struct Metrics {
     pub db_in_use_bytes: IntGauge,
     pub keys: IntGauge,
     pub watchers: IntGauge,
-    pub peer_sent_bytes: IntCounterVec,
-    pub peer_received_bytes: IntCounterVec,
-    pub peer_round_trip_seconds: HistogramVec,
+    peer_sent_bytes: IntCounterVec,
+    peer_received_bytes: IntCounterVec,
+    peer_round_trip_seconds: HistogramVec,
+    /// Each peer's series, looked up once: formatting its hex id and
+    /// hashing the label on every peer message would cost more than the
+    /// count itself.
+    peers: Mutex<HashMap<u64, Arc<PeerMeters>>>,
     pub client_grpc_sent_bytes: IntCounter,
     pub client_grpc_received_bytes: IntCounter,
 }
@@ -140,6 +145,7 @@ impl Metrics {
                     &["To"],
                 ),
             ),
+            peers: Mutex::default(),
             client_grpc_sent_bytes: counter(network("client_grpc_sent_bytes_total", "The total number of bytes sent to grpc clients.")),
             client_grpc_received_bytes: counter(network("client_grpc_received_bytes_total", "The total number of bytes received from grpc clients.")),
             registry: r,
@@ -157,12 +163,35 @@ impl Metrics {
         self.extensive.load(Ordering::Relaxed)
     }
 
+    /// Member `id`'s peer-traffic series.
+    pub fn peer(&self, id: u64) -> Arc<PeerMeters> {
+        let mut peers = self.peers.lock().expect("peer metrics map poisoned");
+        peers
+            .entry(id)
+            .or_insert_with(|| {
+                let label = format!("{id:x}");
+                Arc::new(PeerMeters {
+                    sent_bytes: self.peer_sent_bytes.with_label_values(&[&label]),
+                    received_bytes: self.peer_received_bytes.with_label_values(&[&label]),
+                    round_trip_seconds: self.peer_round_trip_seconds.with_label_values(&[&label]),
+                })
+            })
+            .clone()
+    }
+
     /// The Prometheus text format of every metric.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding into memory");
         String::from_utf8(out).expect("the text format is UTF-8")
     }
+}
+
+/// One peer's series of etcd's `etcd_network_peer_*` metrics.
+pub struct PeerMeters {
+    pub sent_bytes: IntCounter,
+    pub received_bytes: IntCounter,
+    pub round_trip_seconds: Histogram,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
