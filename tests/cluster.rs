@@ -264,3 +264,83 @@ fn no_quorum_times_out_instead_of_hanging() {
         assert_eq!(local.kvs()[0].value(), b"x");
     });
 }
+
+/// A leader that cannot commit (both followers down) does not queue writes
+/// without end: past its backlog limit it answers etcd's "too many
+/// requests" at once, and the writes whose callers gave up while queued are
+/// never proposed once the followers are back.
+#[test]
+fn a_leader_that_cannot_commit_refuses_writes_past_its_backlog() {
+    const CONNECTIONS: usize = 100;
+    // Below the 200 streams one HTTP/2 connection carries at once, so every
+    // put reaches the leader rather than waiting in the client.
+    const PUTS_PER_CONNECTION: usize = 150;
+    // The proposer's two entries in flight hold at most 1,024 commands each.
+    const AT_MOST_IN_FLIGHT: i64 = 2 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let mut members = three_member_cluster(dir.path());
+    let rt = runtime();
+    let leader = rt.block_on(leader_index(&members));
+    let ep = members[leader].endpoint();
+    for (i, m) in members.iter_mut().enumerate() {
+        if i != leader {
+            m.kill9();
+        }
+    }
+    let (refused, other_errors, first_refusal) = rt.block_on(async {
+        let clients = futures::future::join_all((0..CONNECTIONS).map(|_| client(std::slice::from_ref(&ep)))).await;
+        let started = Instant::now();
+        let puts = clients.into_iter().enumerate().flat_map(|(c, client)| {
+            (0..PUTS_PER_CONNECTION).map(move |p| {
+                let mut client = client.clone();
+                async move { (client.put(format!("flood/{c}/{p}"), "x", None).await, started.elapsed()) }
+            })
+        });
+        let answers = futures::future::join_all(puts).await;
+        let mut refused = 0;
+        let mut other_errors = BTreeMap::<String, usize>::new();
+        let mut first_refusal = Duration::MAX;
+        for (answer, after) in answers {
+            match answer {
+                Ok(_) => panic!("a put committed with both followers down"),
+                Err(etcd_client::Error::GRpcStatus(s))
+                    if s.code() == tonic::Code::ResourceExhausted && s.message() == "etcdserver: too many requests" =>
+                {
+                    refused += 1;
+                    first_refusal = first_refusal.min(after);
+                }
+                Err(e) => *other_errors.entry(e.to_string()).or_default() += 1,
+            }
+        }
+        (refused, other_errors, first_refusal)
+    });
+    assert!(refused > 0, "no put was refused; the others: {other_errors:?}");
+    assert!(first_refusal < Duration::from_secs(4), "the first refusal came after {first_refusal:?}, not at once");
+    assert!(
+        other_errors.keys().all(|e| e.contains("etcdserver: request timed out")),
+        "queued puts end with etcd's timeout: {other_errors:?}"
+    );
+
+    for (i, m) in members.iter_mut().enumerate() {
+        if i != leader {
+            m.start();
+        }
+    }
+    members.iter().for_each(|m| m.wait_healthy(Duration::from_secs(30)));
+    let written = rt.block_on(async {
+        let mut c = client(&[ep]).await;
+        // The backlog drains once the entries in flight commit, which waits
+        // for the leader's next replication attempt to the followers.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Err(e) = c.put("after", "x", None).await {
+            assert!(Instant::now() < deadline, "still no write 10 s after the followers came back: {e}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        c.get("flood/", Some(GetOptions::new().with_prefix().with_count_only())).await.unwrap().count()
+    });
+    eprintln!("{refused} puts refused at once, the first after {first_refusal:?}; {written} written once the followers were back");
+    assert!(
+        written <= AT_MOST_IN_FLIGHT,
+        "{written} puts whose callers had gone were proposed after the followers came back; at most the {AT_MOST_IN_FLIGHT} in flight may be"
+    );
+}

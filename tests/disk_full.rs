@@ -5,40 +5,15 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::tmpfs::Tmpfs;
 use common::*;
-
-/// A tmpfs of `megabytes`, unmounted when dropped.
-struct SmallDisk(PathBuf);
-
-impl SmallDisk {
-    fn mount(at: &Path, megabytes: u32) -> Option<SmallDisk> {
-        std::fs::create_dir_all(at).unwrap();
-        let mounted = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs", at.to_str().unwrap()])
-            .status()
-            .is_ok_and(|s| s.success());
-        if !mounted {
-            eprintln!("NOTE: mounting a tmpfs needs root; skipping the disk-full test");
-            return None;
-        }
-        Some(SmallDisk(at.to_path_buf()))
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
 
 #[test]
 fn a_member_whose_disk_fills_exits_and_the_others_keep_every_acknowledged_write() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(disk) = SmallDisk::mount(&dir.path().join("small"), 24) else { return };
+    let Some(disk) = Tmpfs::mount(&dir.path().join("small"), 24) else { return };
     let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
     let cluster: Vec<String> = ports.iter().enumerate().map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}")).collect();
     let mut members: Vec<Member> = ports

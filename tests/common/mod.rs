@@ -3,6 +3,7 @@
 
 pub mod certs;
 pub mod netns;
+pub mod tmpfs;
 
 use std::net::TcpListener;
 use std::collections::BTreeMap;
@@ -75,14 +76,48 @@ impl Member {
         ]
         .iter()
         .map(|s| s.to_string())
-        .collect();
+        .collect::<Vec<String>>();
+        // No --initial-cluster at all for a member that discovers its cluster.
+        let args = if initial_cluster.is_empty() {
+            args.chunks(2).filter(|flag| flag[0] != "--initial-cluster").flatten().cloned().collect()
+        } else {
+            args
+        };
         let log = dir.join(format!("{name}.log"));
         Member { name: name.into(), client_url, peer_url, data_dir, args, envs: Vec::new(), launcher: Vec::new(), child: None, log }
+    }
+
+    /// A member on fresh loopback ports that advertises its peer URL as
+    /// `http://<peer_host>:<port>` and finds its cluster by the flags
+    /// `bootstrap` (a discovery URL, DNS SRV) instead of --initial-cluster.
+    pub fn discovering(dir: &Path, name: &str, scheme: &str, peer_host: &str, bootstrap: &[&str]) -> Member {
+        let (client_port, peer_port) = (free_port(), free_port());
+        let mut member = Member::on_host(dir, name, "127.0.0.1", (client_port, peer_port), "");
+        member.peer_url = format!("{scheme}://{peer_host}:{peer_port}");
+        let listen = format!("{scheme}://127.0.0.1:{peer_port}");
+        let advertised = member.peer_url.clone();
+        member.add_args(&["--listen-peer-urls", &listen, "--initial-advertise-peer-urls", &advertised]);
+        member.add_args(bootstrap);
+        member
+    }
+
+    /// Runs the member under `launcher` (a program and its arguments, to
+    /// which cairn's path and flags are appended).
+    pub fn with_launcher(mut self, launcher: &[String]) -> Member {
+        self.launcher = launcher.to_vec();
+        self
     }
 
     /// Adds flags for the next start (a repeated flag: the last one wins, as in etcd).
     pub fn add_args(&mut self, extra: &[&str]) {
         self.args.extend(extra.iter().map(|s| s.to_string()));
+    }
+
+    /// Puts the member's data dir at `data_dir`.
+    pub fn with_data_dir(mut self, data_dir: PathBuf) -> Member {
+        self.add_args(&["--data-dir", data_dir.to_str().unwrap()]);
+        self.data_dir = data_dir;
+        self
     }
 
     pub fn with_env(mut self, name: &str, value: &str) -> Member {
@@ -407,6 +442,11 @@ pub struct RealEtcd {
 
 impl RealEtcd {
     pub fn start(dir: &Path) -> Option<RealEtcd> {
+        RealEtcd::start_with(dir, &[])
+    }
+
+    /// With `extra` flags (e.g. `--enable-v2`).
+    pub fn start_with(dir: &Path, extra: &[&str]) -> Option<RealEtcd> {
         if Command::new("etcd").arg("--version").output().is_err() {
             eprintln!("NOTE: etcd (Debian's etcd-server) is not installed; skipping the comparison with real etcd");
             return None;
@@ -420,6 +460,7 @@ impl RealEtcd {
             .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
             .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
             .args(["--initial-cluster", &format!("etcd={peer_url}")])
+            .args(extra)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()

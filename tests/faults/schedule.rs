@@ -7,6 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::common::netns::Network;
+use crate::common::tmpfs::Tmpfs;
 use crate::common::*;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -25,10 +26,13 @@ pub enum Fault {
     ClockJump,
     /// A follower is removed, wiped, and added back as a new member.
     ReplaceFollower,
+    /// One member's disk fills up; it may exit (with the reason said), and
+    /// starts again once there is room.
+    FillDisk,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 9] = [
+    pub const ALL: [Fault; 10] = [
         Fault::KillLeader,
         Fault::KillFollower,
         Fault::KillAll,
@@ -38,6 +42,7 @@ impl Fault {
         Fault::LoseLeaderToFollower,
         Fault::ClockJump,
         Fault::ReplaceFollower,
+        Fault::FillDisk,
     ];
 }
 
@@ -46,6 +51,10 @@ const HELD: Duration = Duration::from_secs(3);
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
 /// The member whose clock the ClockJump fault moves.
 const CLOCKED: usize = 2;
+/// The member whose data dir is on a disk of its own, which FillDisk fills.
+const DISKED: usize = 1;
+/// That disk's size: room for a long run's data, only used pages cost memory.
+const DISK_MEGABYTES: u32 = 4096;
 
 pub struct Cluster {
     pub network: Network,
@@ -53,6 +62,8 @@ pub struct Cluster {
     /// libfaketime's offset for member CLOCKED, read again every second;
     /// `None` where libfaketime is not installed.
     clock: Option<PathBuf>,
+    /// Member DISKED's disk; `None` where no tmpfs can be mounted.
+    disk: Option<Tmpfs>,
 }
 
 impl Cluster {
@@ -66,9 +77,14 @@ impl Cluster {
             Some(file) => std::fs::write(file, "+0\n").unwrap(),
             None => eprintln!("NOTE: libfaketime is not installed (apt-get install libfaketime); the clock-jump fault is skipped"),
         }
+        let disk = Tmpfs::mount(&dir.join("disk"), DISK_MEGABYTES);
         let mut members: Vec<Member> = (0..3)
             .map(|h| {
                 let m = Member::networked(dir, &format!("m{h}"), &network, h, &initial.join(","));
+                let m = match &disk {
+                    Some(disk) if h == DISKED => m.with_data_dir(disk.0.join(format!("m{h}.etcd"))),
+                    _ => m,
+                };
                 match &clock {
                     Some(file) if h == CLOCKED => m
                         .with_env("LD_PRELOAD", LIBFAKETIME)
@@ -80,7 +96,7 @@ impl Cluster {
             })
             .collect();
         members.iter_mut().for_each(Member::start);
-        let cluster = Cluster { network, members, clock };
+        let cluster = Cluster { network, members, clock, disk };
         cluster.wait_healthy();
         Some(cluster)
     }
@@ -153,6 +169,27 @@ impl Cluster {
                 let peer_url = self.members[follower].peer_url.clone();
                 let (old, new) = rt.block_on(self.replace(follower, &peer_url));
                 format!("m{follower} ({old:x}) removed, wiped and added back as {new:x}")
+            }
+            Fault::FillDisk => {
+                let disk = self.disk.as_ref()?;
+                let role = if DISKED == leader { "leader" } else { "follower" };
+                let logged_before = self.members[DISKED].log_text().len();
+                disk.fill();
+                std::thread::sleep(HELD);
+                disk.empty();
+                let member = &mut self.members[DISKED];
+                match member.try_wait() {
+                    Some(status) => {
+                        let said = member.log_text().split_off(logged_before);
+                        assert!(
+                            status.code() == Some(1) && said.contains("No space left on device"),
+                            "m{DISKED} with a full disk ended with {status} without saying why:\n{said}"
+                        );
+                        member.start();
+                        format!("{role} m{DISKED}'s disk full for {HELD:?}: it exited saying so, and started again")
+                    }
+                    None => format!("{role} m{DISKED}'s disk full for {HELD:?}: it kept running"),
+                }
             }
         };
         let deadline = Instant::now() + Duration::from_secs(60);
