@@ -15,6 +15,7 @@ mkdir "$context/bin"
 cp "$CARGO_TARGET_DIR/$target/image/cairn" "$context/bin/cairn"
 strip "$context/bin/cairn"
 ln -s cairn "$context/bin/etcdctl"
+ln -s cairn "$context/bin/etcd"
 cp Containerfile "$context/"
 "${CONTAINER_TOOL:-docker}" build -q -t cairn:latest -f "$context/Containerfile" "$context" >/dev/null
 echo "built cairn:latest: binary $(du -h "$context/bin/cairn" | cut -f1), image $("${CONTAINER_TOOL:-docker}" image inspect cairn:latest --format '{{.Size}}' | numfmt --to=si)"

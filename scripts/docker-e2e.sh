@@ -19,7 +19,7 @@ if docker compose version >/dev/null 2>&1; then compose=(docker compose); else c
 project=cairn-e2e
 
 cleanup() {
-  docker rm -f cairn-e2e-single cairn-e2e-again cairn-e2e-tls >/dev/null 2>&1
+  docker rm -f cairn-e2e-single cairn-e2e-again cairn-e2e-tls cairn-e2e-etcd-form >/dev/null 2>&1
   docker volume rm -f cairn-e2e-data >/dev/null 2>&1
   "${compose[@]}" -p "$project" -f compose/three-node.yml down -v >/dev/null 2>&1
   "${compose[@]}" -p "$project-single" -f compose/single-node.yml down -v >/dev/null 2>&1
@@ -68,6 +68,16 @@ check "auto TLS: docker exec … etcdctl --insecure-skip-tls-verify endpoint hea
 check "auto TLS: host etcdctl over https" etcdctl --endpoints=https://127.0.0.1:12579 --insecure-transport=false --insecure-skip-tls-verify put tls-key v
 check "auto TLS: plaintext refused" bash -c '! etcdctl --endpoints=http://127.0.0.1:12579 --dial-timeout=2s --command-timeout=3s get tls-key'
 docker rm -f cairn-e2e-tls >/dev/null
+
+# --- etcd's own command lines, verbatim but for the image name ----------------
+# etcd's image has no entrypoint, so its guides name the program first.
+docker run -d --name cairn-e2e-etcd-form -p 127.0.0.1:12679:2379 -e ETCDCTL_API=3 cairn:latest \
+  /usr/local/bin/etcd -advertise-client-urls http://0.0.0.0:2379 -listen-client-urls http://0.0.0.0:2379 >/dev/null
+check "docker run IMAGE /usr/local/bin/etcd -advertise-client-urls … (etcd's guide)" healthy_within 5 127.0.0.1:12679
+check "docker exec … /usr/local/bin/etcdctl put" docker exec cairn-e2e-etcd-form /usr/local/bin/etcdctl put seed-key v
+check "docker exec … etcd --version" bash -c "docker exec cairn-e2e-etcd-form etcd --version | grep -q 'etcd API Version'"
+check "docker run IMAGE etcdctl … as a client" bash -c "docker run --rm --network host cairn:latest etcdctl --endpoints=127.0.0.1:12679 get seed-key --print-value-only | grep -qx v"
+docker rm -f cairn-e2e-etcd-form >/dev/null
 
 # --- docker compose, one member ---------------------------------------------
 "${compose[@]}" -p "$project-single" -f compose/single-node.yml up -d >/dev/null 2>&1

@@ -2,13 +2,24 @@ use std::process::ExitCode;
 
 use cairn::config::{flags, Config, Invocation};
 
+/// The name of the program a path runs: `etcdctl` for `/usr/local/bin/etcdctl`.
+fn program_name(path: &str) -> &str {
+    std::path::Path::new(path).file_name().and_then(|n| n.to_str()).unwrap_or_default()
+}
+
 fn main() -> ExitCode {
     let mut argv = std::env::args();
-    let program = argv.next().unwrap_or_default();
-    let args: Vec<String> = argv.collect();
+    let mut program = argv.next().unwrap_or_default();
+    let mut args: Vec<String> = argv.collect();
+    // etcd's image has no entrypoint, so etcd's guides name the program
+    // first (`docker run IMAGE /usr/local/bin/etcd --name …`, `etcdctl …`);
+    // behind cairn's entrypoint that program arrives as the first argument.
+    if args.first().is_some_and(|a| matches!(program_name(a), "etcd" | "etcdctl" | "cairn")) {
+        program = args.remove(0);
+    }
     // `docker exec … etcdctl …` through a link to this binary, `cairn ctl …`,
     // and `cairn healthcheck` are clients, not a server.
-    if std::path::Path::new(&program).file_name().is_some_and(|n| n == "etcdctl") {
+    if program_name(&program) == "etcdctl" {
         return ExitCode::from(cairn::ctl::main(args));
     }
     match args.first().map(String::as_str) {

@@ -1,6 +1,10 @@
-//! Who is in the cluster at its birth. Today only the static form
-//! (`--initial-cluster name=url,...`); discovery and DNS SRV will produce the
-//! same `InitialCluster`.
+//! Who is in the cluster at its birth, found the one way the flags chose:
+//! the static `--initial-cluster name=url,...`, a discovery URL (`discovery`)
+//! or DNS SRV records (`srv`). Each gives the same `InitialCluster`.
+
+pub mod discovery;
+mod http;
+pub mod srv;
 
 use std::collections::BTreeMap;
 
@@ -57,10 +61,15 @@ impl InitialCluster {
             .into_iter()
             .map(|(name, peer_urls)| InitialMember { id: member_id(&peer_urls, token), name, peer_urls })
             .collect();
+        Ok(InitialCluster::of(members))
+    }
+
+    /// The cluster of `members`, its id derived from theirs.
+    pub fn of(members: Vec<InitialMember>) -> InitialCluster {
         let mut ids: Vec<u64> = members.iter().map(|m| m.id).collect();
         ids.sort_unstable();
         let id_bytes: Vec<u8> = ids.iter().flat_map(|id| id.to_be_bytes()).collect();
-        Ok(InitialCluster { cluster_id: id_of(&[&id_bytes]), members })
+        InitialCluster { cluster_id: id_of(&[&id_bytes]), members }
     }
 
     /// This member's entry, checked against what it advertises.

@@ -20,6 +20,11 @@ pub const SUPPORTED: &[&str] = &[
     "initial-cluster",
     "initial-cluster-state",
     "initial-cluster-token",
+    "discovery",
+    "discovery-proxy",
+    "discovery-fallback",
+    "discovery-srv",
+    "discovery-srv-name",
     "quota-backend-bytes",
     "memory-budget-bytes",
     "max-request-bytes",
@@ -86,7 +91,6 @@ pub const BOOLEAN: &[&str] = &[
 /// silently ignored.
 pub const UNSUPPORTED: &[&str] = &[
     "cors", "debug",
-    "discovery", "discovery-fallback", "discovery-proxy", "discovery-srv", "discovery-srv-name",
     "enable-log-rotation", "enable-pprof", "enable-v2", "force-new-cluster",
     "grpc-keepalive-interval", "grpc-keepalive-min-time", "grpc-keepalive-timeout", "host-whitelist",
     "log-outputs", "log-rotation-config-json", "log-package-levels",
@@ -95,6 +99,10 @@ pub const UNSUPPORTED: &[&str] = &[
     "socket-reuse-address", "socket-reuse-port", "unsafe-no-fsync", "v2-deprecation", "client-cert-file",
     "client-key-file", "peer-client-cert-file", "peer-client-key-file", "peer-skip-client-san-verification",
     "initial-election-tick-advance", "enable-distributed-tracing",
+    "discovery-token", "discovery-endpoints", "discovery-dial-timeout", "discovery-request-timeout",
+    "discovery-keepalive-time", "discovery-keepalive-timeout", "discovery-insecure-transport",
+    "discovery-insecure-skip-tls-verify", "discovery-cert", "discovery-key", "discovery-cacert", "discovery-user",
+    "discovery-password",
 ];
 
 /// A setting a config file or an `ETCD_*` variable may carry: any supported

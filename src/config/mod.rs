@@ -78,7 +78,7 @@ pub struct Config {
     pub compact_hash_check_time: Option<Duration>,
     pub advertise_client_urls: Vec<String>,
     pub initial_advertise_peer_urls: Vec<String>,
-    pub initial_cluster: String,
+    pub bootstrap: Bootstrap,
     pub initial_cluster_state: ClusterState,
     pub initial_cluster_token: String,
     pub quota_backend_bytes: u64,
@@ -421,6 +421,64 @@ impl Settings {
 
 /// etcd 3.6's `--feature-gates=Name=true,…`: the gates turned on. Only the
 /// gates cairn has are accepted; the lease checkpoint ones are always on.
+/// How a member with no data finds the members of its new cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Bootstrap {
+    /// `--initial-cluster name=url,…`; by default this member alone.
+    Static(String),
+    /// `--discovery URL`: etcd's v2 discovery protocol, against a discovery
+    /// service or an etcd v2 keys directory; `--discovery-proxy` is an HTTP
+    /// proxy for it.
+    Discovery { url: String, proxy: Option<String> },
+    /// `--discovery-srv DOMAIN`: the `_etcd-server-ssl._tcp` and
+    /// `_etcd-server._tcp` SRV records of DOMAIN, each service name suffixed
+    /// with `-NAME` for `--discovery-srv-name NAME`.
+    Srv { domain: String, service_name: Option<String> },
+}
+
+/// The one way of bootstrapping the flags choose; more than one is an error,
+/// as in etcd.
+fn bootstrap(s: &Settings, name: &str, advertised_peer_urls: &[String]) -> Result<Bootstrap, ConfigError> {
+    let chosen: Vec<&str> =
+        ["initial-cluster", "discovery", "discovery-srv"].into_iter().filter(|k| s.raw(k).is_some_and(|v| !v.is_empty())).collect();
+    if chosen.len() > 1 {
+        let origins: Vec<String> = chosen.iter().map(|k| s.origin(k)).collect();
+        return Err(ConfigError::new(format!(
+            "multiple discovery or bootstrap flags are set ({}): choose one of --initial-cluster, --discovery or --discovery-srv",
+            origins.join(", ")
+        )));
+    }
+    // Without a proxy mode, a member that finds the discovery cluster full
+    // can only exit; etcd's default, proxy, is taken and says so then.
+    s.one_of("discovery-fallback", "proxy", &["exit", "proxy"])?;
+    let given = |key: &str| s.raw(key).filter(|v| !v.is_empty());
+    Ok(match chosen.first().copied() {
+        Some("discovery") => {
+            let url = given("discovery").expect("chosen");
+            url::Url::parse(&url)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+                .ok_or_else(|| ConfigError::new(format!("{}: {url:?} is not an http or https URL", s.origin("discovery"))))?;
+            let proxy = given("discovery-proxy");
+            if let Some(p) = &proxy {
+                url::Url::parse(p)
+                    .ok()
+                    .filter(|u| u.scheme() == "http" && u.host().is_some())
+                    .ok_or_else(|| ConfigError::new(format!("{}: {p:?} is not an http URL", s.origin("discovery-proxy"))))?;
+            }
+            Bootstrap::Discovery { url, proxy }
+        }
+        Some("discovery-srv") => {
+            let domain = given("discovery-srv").expect("chosen").trim_end_matches('.').to_string();
+            Bootstrap::Srv { domain, service_name: given("discovery-srv-name") }
+        }
+        // etcd: without an explicit --initial-cluster, the member forms a cluster of one.
+        _ => Bootstrap::Static(given("initial-cluster").unwrap_or_else(|| {
+            advertised_peer_urls.iter().map(|u| format!("{name}={u}")).collect::<Vec<_>>().join(",")
+        })),
+    })
+}
+
 fn feature_gates(s: &Settings) -> Result<Vec<&'static str>, ConfigError> {
     const KNOWN: [&str; 4] = ["InitialCorruptCheck", "CompactHashCheck", "LeaseCheckpoint", "LeaseCheckpointPersist"];
     let mut on = Vec::new();
@@ -560,10 +618,7 @@ impl Config {
         let initial_advertise_peer_urls = s.urls("initial-advertise-peer-urls", &defaults.advertise_peer)?;
         urls::check_advertised(&initial_advertise_peer_urls, &listen_peer_urls)
             .map_err(|e| ConfigError::new(format!("{}: {e}", s.origin("initial-advertise-peer-urls"))))?;
-        // etcd: without an explicit --initial-cluster, the member forms a cluster of one.
-        let initial_cluster = s.raw("initial-cluster").unwrap_or_else(|| {
-            initial_advertise_peer_urls.iter().map(|u| format!("{name}={u}")).collect::<Vec<_>>().join(",")
-        });
+        let bootstrap = bootstrap(s, &name, &initial_advertise_peer_urls)?;
         let initial_cluster_state = match s.one_of("initial-cluster-state", "new", &["new", "existing"])?.as_str() {
             "existing" => ClusterState::Existing,
             _ => ClusterState::New,
@@ -624,7 +679,7 @@ impl Config {
             .filter(|d| !d.is_zero()),
             advertise_client_urls,
             initial_advertise_peer_urls,
-            initial_cluster,
+            bootstrap,
             initial_cluster_state,
             initial_cluster_token: s.string("initial-cluster-token", "etcd-cluster"),
             quota_backend_bytes: if quota == 0 { 2 * 1024 * 1024 * 1024 } else { quota },

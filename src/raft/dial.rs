@@ -46,7 +46,7 @@ pub struct DialError {
 /// A peer that does not answer a connect within this is treated as down.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-fn resolver() -> Option<&'static Arc<TokioResolver>> {
+pub(crate) fn resolver() -> Option<&'static Arc<TokioResolver>> {
     static RESOLVER: OnceLock<Option<Arc<TokioResolver>>> = OnceLock::new();
     RESOLVER
         .get_or_init(|| match TokioResolver::builder_tokio().and_then(|b| b.build()) {
@@ -59,7 +59,7 @@ fn resolver() -> Option<&'static Arc<TokioResolver>> {
         .as_ref()
 }
 
-async fn addresses(host: &str) -> io::Result<Vec<IpAddr>> {
+pub(crate) async fn addresses(host: &str) -> io::Result<Vec<IpAddr>> {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(vec![ip]);

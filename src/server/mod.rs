@@ -24,8 +24,8 @@ pub use node::{Header, Limits, Node};
 
 use crate::api::authority::AuthorityRepair;
 use crate::api::ClientSurface;
-use crate::bootstrap::InitialCluster;
-use crate::config::{ClusterState, Config, ConfigError, ListenUrl};
+use crate::bootstrap::{self, InitialCluster};
+use crate::config::{Bootstrap, ClusterState, Config, ConfigError, ListenUrl};
 use crate::raft::peerpb::peer_server::PeerServer;
 use crate::raft::dial::Dialer;
 use crate::raft::members::{ask_cluster, MemberView, JOIN_PATIENCE};
@@ -95,12 +95,22 @@ fn refuse_restarted_member(config: &Config, member: &MemberView, cluster_id: u64
 /// cluster (unless its peers know this member already); for `existing`, the
 /// id the running cluster gave this member when it was added.
 async fn bootstrap_plan(config: &Config, dialer: &Dialer) -> Result<Plan, ConfigError> {
-    let cluster = InitialCluster::from_static(&config.initial_cluster, &config.initial_cluster_token)?;
-    let id = cluster.member(&config.name, &config.initial_advertise_peer_urls)?.id;
-    let mine = &config.initial_advertise_peer_urls;
-    let others: Vec<String> =
-        cluster.members.iter().flat_map(|m| m.peer_urls.clone()).filter(|u| !mine.contains(u)).collect();
-    let is_me = |m: &&MemberView| same_urls(&m.peer_urls, mine);
+    let advertised = &config.initial_advertise_peer_urls;
+    let token = &config.initial_cluster_token;
+    let (cluster, id) = match &config.bootstrap {
+        Bootstrap::Static(spec) => {
+            let cluster = InitialCluster::from_static(spec, token)?;
+            let id = cluster.member(&config.name, advertised)?.id;
+            (cluster, id)
+        }
+        Bootstrap::Discovery { url, proxy } => bootstrap::discovery::cluster(url, proxy.as_deref(), &config.name, advertised).await?,
+        Bootstrap::Srv { domain, service_name } => bootstrap::srv::cluster(domain, service_name.as_deref(), advertised, token).await?,
+    };
+    // This member's URLs as the cluster knows them (an SRV record names it
+    // by its record's URL) and as it advertises them.
+    let known_as = cluster.members.iter().find(|m| m.id == id).map(|m| m.peer_urls.clone()).unwrap_or_default();
+    let others: Vec<String> = cluster.members.iter().filter(|m| m.id != id).flat_map(|m| m.peer_urls.clone()).collect();
+    let is_me = |m: &&MemberView| same_urls(&m.peer_urls, advertised) || same_urls(&m.peer_urls, &known_as);
     match config.initial_cluster_state {
         ClusterState::New => {
             // One quick look: in a new cluster the others may not run yet.
@@ -132,10 +142,10 @@ async fn bootstrap_plan(config: &Config, dialer: &Dialer) -> Result<Plan, Config
                     "--initial-cluster-state existing: cluster {:x} has no member with peer URLs {} (it has {}); \
                      add this member first: etcdctl member add {} --peer-urls={}",
                     info.cluster_id,
-                    mine.join(","),
+                    advertised.join(","),
                     known.join(" "),
                     config.name,
-                    mine.join(",")
+                    advertised.join(",")
                 )));
             };
             refuse_restarted_member(config, me, info.cluster_id)?;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::auth::tokens::TokenKind;
 use crate::auth::Authenticator;
-use crate::config::{Config, ConfigError, ListenUrl};
+use crate::config::{Bootstrap, Config, ConfigError, ListenUrl};
 use crate::raft::dial::Dialer;
 use crate::tls::{Port, PortTls, ServerTls, TransportSecurity};
 
@@ -48,8 +48,13 @@ pub fn prepare(config: &Config) -> Result<Security, ConfigError> {
         hosts(&config.listen_peer_urls, &config.initial_advertise_peer_urls),
     )?;
     let peer = serve(peer_tls.clone())?;
-    let dials_https = config.initial_cluster.contains("https://")
-        || config.initial_advertise_peer_urls.iter().any(|u| u.starts_with("https://"));
+    let bootstrap_https = match &config.bootstrap {
+        Bootstrap::Static(cluster) => cluster.contains("https://"),
+        // The members found are dialed as this member advertises itself:
+        // an `_etcd-server-ssl` record must match an https advertised URL.
+        Bootstrap::Discovery { .. } | Bootstrap::Srv { .. } => false,
+    };
+    let dials_https = bootstrap_https || config.initial_advertise_peer_urls.iter().any(|u| u.starts_with("https://"));
     let dial = match peer_tls.map(PortTls::into_dialer) {
         Some(Ok(dial)) => Some(dial),
         Some(Err(e)) if dials_https => return Err(ConfigError::new(e)),
