@@ -23,6 +23,8 @@ cleanup() {
   docker volume rm -f cairn-e2e-data >/dev/null 2>&1
   "${compose[@]}" -p "$project" -f compose/three-node.yml down -v >/dev/null 2>&1
   "${compose[@]}" -p "$project-single" -f compose/single-node.yml down -v >/dev/null 2>&1
+  "${compose[@]}" -p "$project-srv" -f compose/srv.yml --profile scale-out down -v >/dev/null 2>&1
+  "${compose[@]}" -p "$project-discovery" -f compose/discovery.yml down -v >/dev/null 2>&1
 }
 trap cleanup EXIT
 cleanup
@@ -120,6 +122,41 @@ check "it catches up (all 40 keys, read locally)" caught_up
 "${compose[@]}" -p "$project" -f compose/three-node.yml up -d >/dev/null 2>&1
 check "compose down and up: healthy again" all_healthy 20
 check "compose down and up keeps the data" bash -c "test \"\$(etcdctl --endpoints=$eps get c/40 --print-value-only)\" = 40"
+
+"${compose[@]}" -p "$project" -f compose/three-node.yml down -v >/dev/null 2>&1
+
+# --- docker compose, DNS SRV and a discovery URL -------------------------------
+scripts/build-tool-image.sh >/dev/null
+started_voters() { # count endpoints
+  local deadline=$((SECONDS + 60))
+  until [ "$(etcdctl --endpoints="$2" member list 2>/dev/null | grep ', started, ' | grep -c ', false$')" = "$1" ]; do
+    [ $SECONDS -lt "$deadline" ] || return 1; sleep 0.5
+  done
+}
+srv=(-p "$project-srv" -f compose/srv.yml)
+"${compose[@]}" "${srv[@]}" up -d >/dev/null 2>&1
+check "compose/srv.yml: three members found through SRV records, healthy" all_healthy 60
+check "compose/srv.yml: member list shows three started voters" started_voters 3 "$eps"
+check "compose/srv.yml: members are known by their records' names" bash -c "etcdctl --endpoints=$eps member list | grep -c 'started, etcd[123], http://etcd[123].cairn.test:2380' | grep -qx 3"
+etcdctl --endpoints=$eps put srv-key v >/dev/null
+export CAIRN_SRV_SCALE_OUT=./srv/scale-out.conf
+"${compose[@]}" "${srv[@]}" up -d dns >/dev/null 2>&1
+"${compose[@]}" "${srv[@]}" --profile scale-out up -d etcd4 >/dev/null 2>&1
+check "compose/srv.yml scale-out: one more record and container, healthy" healthy_within 90 127.0.0.1:42379
+check "compose/srv.yml scale-out: four started voters, no member add by hand" started_voters 4 "$eps,127.0.0.1:42379"
+check "compose/srv.yml scale-out: the fourth serves the data" bash -c 'test "$(etcdctl --endpoints=127.0.0.1:42379 get srv-key --print-value-only)" = v'
+unset CAIRN_SRV_SCALE_OUT
+"${compose[@]}" "${srv[@]}" --profile scale-out down -v >/dev/null 2>&1
+
+discovery=(-p "$project-discovery" -f compose/discovery.yml)
+"${compose[@]}" "${discovery[@]}" up -d registry discovery >/dev/null 2>&1
+token=""
+for _ in $(seq 100); do token=$(curl -fs 'http://127.0.0.1:18087/new?size=3') && break; sleep 0.2; done
+check "compose/discovery.yml: the discovery service hands out a token" test -n "$token"
+CAIRN_DISCOVERY_URL=$token "${compose[@]}" "${discovery[@]}" up -d >/dev/null 2>&1
+check "compose/discovery.yml: three members found through the discovery URL, healthy" all_healthy 60
+check "compose/discovery.yml: member list shows three started voters" started_voters 3 "$eps"
+"${compose[@]}" "${discovery[@]}" down -v >/dev/null 2>&1
 
 echo "docker e2e: $passed passed, $failed failed"
 [ "$failed" = 0 ]

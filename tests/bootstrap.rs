@@ -277,3 +277,75 @@ fn etcd_server_ssl_records_form_a_cluster_over_tls() {
     let listed = started_members(&endpoints(&members), 3);
     assert!(listed.iter().all(|l| l.contains(&format!("https://t"))), "{listed:?}");
 }
+
+#[test]
+fn a_member_with_a_new_srv_record_joins_the_running_cluster_by_itself_and_resumes_after_a_crash() {
+    if !can_run_dns() {
+        return;
+    }
+    const DNS_ADDRESS: &str = "127.0.0.55";
+    const CRASH: &str = "CAIRN_TEST_CRASH_AFTER_MEMBER_ADD";
+    let dir = tempfile::tempdir().unwrap();
+    let launcher = Dns::launcher(&Dns::resolv_conf(dir.path(), DNS_ADDRESS));
+    let srv_member = |name: &str, host: &str| {
+        Member::discovering(dir.path(), name, "http", &format!("{host}.{ZONE}"), &["--discovery-srv", ZONE]).with_launcher(&launcher)
+    };
+    let mut members: Vec<Member> = (0..3).map(|i| srv_member(&format!("j{i}"), &format!("j{i}"))).collect();
+    let records = |members: &[(&str, &Member)]| {
+        let hosts: Vec<(String, u16)> = members.iter().map(|(host, m)| (format!("{host}.{ZONE}"), port_of(&m.peer_url))).collect();
+        srv_records("_etcd-server", &hosts)
+    };
+    let first_three: Vec<(&str, &Member)> = vec![("j0", &members[0]), ("j1", &members[1]), ("j2", &members[2])];
+    let Some(dns) = Dns::start(DNS_ADDRESS, &records(&first_three)) else { return };
+    members.iter_mut().for_each(Member::start);
+    serve_one_cluster(&members);
+    for i in 0..20 {
+        etcdctl_ok(&members[0].endpoint(), &["put", &format!("data/{i}"), &i.to_string()]);
+    }
+
+    // One record more (and one for a member that takes a started member's
+    // name), served once the DNS server restarts with them.
+    let mut fourth = srv_member("j3", "j3").with_env(CRASH, "1");
+    let mut namesake = srv_member("j0", "namesake").with_data_dir(dir.path().join("namesake.etcd"));
+    drop(dns);
+    let all: Vec<(&str, &Member)> =
+        vec![("j0", &members[0]), ("j1", &members[1]), ("j2", &members[2]), ("j3", &fourth), ("namesake", &namesake)];
+    let Some(_dns) = Dns::start(DNS_ADDRESS, &records(&all)) else { return };
+
+    // It adds itself as a learner and crashes before it starts.
+    fourth.start();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = fourth.try_wait() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "no crash after the add:\n{}", fourth.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success() && fourth.log_text().contains("the cluster added this member as a learner"), "{status}: {}", fourth.log_text());
+    let eps = endpoints(&members);
+    let listed = etcdctl_ok(&eps, &["member", "list"]);
+    assert!(listed.lines().count() == 4 && listed.contains("unstarted") && listed.contains(", true"), "an added, unstarted learner: {listed}");
+
+    // Started again, it resumes as that member, catches up and promotes itself.
+    fourth.remove_env(CRASH);
+    fourth.start();
+    fourth.wait_healthy(Duration::from_secs(60));
+    assert!(fourth.log_text().contains("resuming as that member"), "{}", fourth.log_text());
+    members.push(fourth);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let listed = started_members(&endpoints(&members), 4);
+        if listed.iter().all(|l| l.ends_with(", false")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not four voters: {listed:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(etcdctl_ok(&members[3].endpoint(), &["get", "data/19", "--print-value-only"]).trim(), "19", "it serves the data");
+    etcdctl_ok(&members[3].endpoint(), &["put", "after-join", "x"]);
+
+    let said = refused(&mut namesake);
+    assert!(said.contains("already has a member named j0"), "{said}");
+    assert_eq!(started_members(&endpoints(&members), 4).len(), 4, "no member was added twice");
+}

@@ -23,19 +23,19 @@ const MAX_BACKOFF: Duration = Duration::from_secs(4);
 
 /// One SRV target as a peer URL, with the addresses its name has now.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Target {
-    pub url: String,
-    pub addresses: BTreeSet<IpAddr>,
+struct Target {
+    url: String,
+    addresses: BTreeSet<IpAddr>,
 }
 
 /// The SRV record names looked up for `domain`.
-pub fn services(domain: &str, service_name: Option<&str>) -> [(&'static str, String); 2] {
+fn services(domain: &str, service_name: Option<&str>) -> [(&'static str, String); 2] {
     let suffix = service_name.map(|n| format!("-{n}")).unwrap_or_default();
     [("https", format!("_etcd-server-ssl{suffix}._tcp.{domain}.")), ("http", format!("_etcd-server{suffix}._tcp.{domain}."))]
 }
 
 /// What one look at the records found.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, Default)]
 struct Sight {
     targets: Vec<Target>,
     /// Per record name: what it held, or why it could not be read.
@@ -126,7 +126,9 @@ pub async fn cluster(
 ) -> Result<(InitialCluster, u64), ConfigError> {
     let started = Instant::now();
     let mut backoff = Duration::from_secs(1);
-    let mut previous: Option<Sight> = None;
+    // The targets of the previous look, in order (a DNS server may rotate
+    // the records of its answers).
+    let mut previous: Option<Vec<Target>> = None;
     loop {
         let sight = look(domain, service_name).await;
         let me = find_self(&sight.targets, advertised).await.map_err(|e| ConfigError::new(format!("--discovery-srv {domain}: {e}")))?;
@@ -135,7 +137,7 @@ pub async fn cluster(
                 "cannot find this member in the SRV records: {sight}; this member advertises {}",
                 advertised.join(",")
             ),
-            Some(me) if previous.as_ref() == Some(&sight) => {
+            Some(me) if previous.as_ref() == Some(&sight.targets) => {
                 let members: Vec<InitialMember> = sight
                     .targets
                     .iter()
@@ -151,7 +153,7 @@ pub async fn cluster(
             return Err(ConfigError::new(format!("--discovery-srv {domain}: {waiting_for} (gave up after {}s)", PATIENCE.as_secs())));
         }
         tracing::info!(domain, "{waiting_for}; looking again in {backoff:?}");
-        previous = Some(sight);
+        previous = Some(sight.targets);
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }

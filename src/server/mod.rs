@@ -6,6 +6,7 @@ mod compaction;
 mod corruption;
 mod leases;
 mod node;
+mod plan;
 mod process;
 mod security;
 
@@ -24,11 +25,8 @@ pub use node::{Header, Limits, Node};
 
 use crate::api::authority::AuthorityRepair;
 use crate::api::ClientSurface;
-use crate::bootstrap::{self, InitialCluster};
-use crate::config::{Bootstrap, ClusterState, Config, ConfigError, ListenUrl};
+use crate::config::{Bootstrap, Config, ConfigError, ListenUrl};
 use crate::raft::peerpb::peer_server::PeerServer;
-use crate::raft::dial::Dialer;
-use crate::raft::members::{ask_cluster, MemberView, JOIN_PATIENCE};
 use crate::raft::network::peer_message_limit;
 use crate::raft::snapshots::Snapshots;
 use crate::raft::{Consensus, PeerNode, RaftSettings};
@@ -57,103 +55,6 @@ async fn bind(urls: &[ListenUrl], flag: &str) -> anyhow::Result<Vec<Listener>> {
     Ok(listeners)
 }
 
-/// How a member with no data yet comes to its cluster.
-enum Plan {
-    /// Forms a new cluster with the initial members.
-    New(InitialCluster, u64),
-    /// Joins a running cluster that has added it (`member add`).
-    Join { cluster_id: u64, member_id: u64 },
-}
-
-fn same_urls(a: &[String], b: &[String]) -> bool {
-    let (mut a, mut b) = (a.to_vec(), b.to_vec());
-    a.sort();
-    b.sort();
-    a == b
-}
-
-/// Refuses an empty data dir for a member the cluster has seen running:
-/// with an empty log it could vote against what it acknowledged before.
-fn refuse_restarted_member(config: &Config, member: &MemberView, cluster_id: u64) -> Result<(), ConfigError> {
-    if member.name.is_empty() {
-        return Ok(());
-    }
-    Err(ConfigError::new(format!(
-        "member {} ({:x}) has already been bootstrapped in cluster {cluster_id:x}, and its data dir {} has no data: \
-         it cannot rejoin with an empty log. Either restore its data dir, or remove it (etcdctl member remove {:x}), \
-         add it again (etcdctl member add {} --peer-urls={}) and start it with --initial-cluster-state existing",
-        member.name,
-        member.id,
-        config.data_dir.display(),
-        member.id,
-        config.name,
-        config.initial_advertise_peer_urls.join(","),
-    )))
-}
-
-/// The plan for a member that has no data yet: for `new`, the static initial
-/// cluster (unless its peers know this member already); for `existing`, the
-/// id the running cluster gave this member when it was added.
-async fn bootstrap_plan(config: &Config, dialer: &Dialer) -> Result<Plan, ConfigError> {
-    let advertised = &config.initial_advertise_peer_urls;
-    let token = &config.initial_cluster_token;
-    let (cluster, id) = match &config.bootstrap {
-        Bootstrap::Static(spec) => {
-            let cluster = InitialCluster::from_static(spec, token)?;
-            let id = cluster.member(&config.name, advertised)?.id;
-            (cluster, id)
-        }
-        Bootstrap::Discovery { url, proxy } => bootstrap::discovery::cluster(url, proxy.as_deref(), &config.name, advertised).await?,
-        Bootstrap::Srv { domain, service_name } => bootstrap::srv::cluster(domain, service_name.as_deref(), advertised, token).await?,
-    };
-    // This member's URLs as the cluster knows them (an SRV record names it
-    // by its record's URL) and as it advertises them.
-    let known_as = cluster.members.iter().find(|m| m.id == id).map(|m| m.peer_urls.clone()).unwrap_or_default();
-    let others: Vec<String> = cluster.members.iter().filter(|m| m.id != id).flat_map(|m| m.peer_urls.clone()).collect();
-    let is_me = |m: &&MemberView| same_urls(&m.peer_urls, advertised) || same_urls(&m.peer_urls, &known_as);
-    match config.initial_cluster_state {
-        ClusterState::New => {
-            // One quick look: in a new cluster the others may not run yet.
-            if let Some(info) = ask_cluster(&others, dialer, Duration::ZERO, |_| true).await {
-                if let Some(me) = info.members.iter().find(|m| m.id == id) {
-                    refuse_restarted_member(config, me, info.cluster_id)?;
-                }
-            }
-            Ok(Plan::New(cluster, id))
-        }
-        ClusterState::Existing => {
-            if others.is_empty() {
-                return Err(ConfigError::new(
-                    "--initial-cluster-state existing: --initial-cluster names no other member to join through; \
-                     give it the cluster's members and this one, as `etcdctl member add` prints it",
-                ));
-            }
-            let info = ask_cluster(&others, dialer, JOIN_PATIENCE, |info| info.members.iter().any(|m| is_me(&m))).await;
-            let Some(info) = info else {
-                return Err(ConfigError::new(format!(
-                    "--initial-cluster-state existing: no member of the cluster answered at {} within {}s",
-                    others.join(","),
-                    JOIN_PATIENCE.as_secs()
-                )));
-            };
-            let Some(me) = info.members.iter().find(is_me) else {
-                let known: Vec<String> = info.members.iter().map(|m| m.peer_urls.join(",")).collect();
-                return Err(ConfigError::new(format!(
-                    "--initial-cluster-state existing: cluster {:x} has no member with peer URLs {} (it has {}); \
-                     add this member first: etcdctl member add {} --peer-urls={}",
-                    info.cluster_id,
-                    advertised.join(","),
-                    known.join(" "),
-                    config.name,
-                    advertised.join(",")
-                )));
-            };
-            refuse_restarted_member(config, me, info.cluster_id)?;
-            Ok(Plan::Join { cluster_id: info.cluster_id, member_id: me.id })
-        }
-    }
-}
-
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let stop_requested = process::stop_requested().context("installing signal handlers")?;
     process::reap_orphans_if_init().context("installing the SIGCHLD handler")?;
@@ -161,7 +62,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let authenticator = security::authenticator(&config)?;
     let member_dir = config.data_dir.join("member");
     // Refuse a bad bootstrap before leaving anything on disk.
-    let mut plan = if member_dir.exists() { None } else { Some(bootstrap_plan(&config, &security.dialer).await?) };
+    let mut plan = if member_dir.exists() { None } else { Some(plan::bootstrap_plan(&config, &security.dialer).await?) };
     let snap_dir = member_dir.join("snap");
     let wal_dir = config.wal_dir.clone().unwrap_or_else(|| member_dir.join("wal"));
     let log_existed = wal_dir.join("CURRENT").exists();
@@ -182,8 +83,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             (member_id, cluster_id, None)
         }
         None => match plan.take() {
-            Some(plan) => identity_of(plan),
-            None => identity_of(bootstrap_plan(&config, &security.dialer).await?),
+            Some(plan) => plan.identity(),
+            None => plan::bootstrap_plan(&config, &security.dialer).await?.identity(),
         },
     };
     if initial.is_none() && store.identity()?.is_none() {
@@ -276,6 +177,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(publish_self(node.clone(), config.initial_advertise_peer_urls.clone()));
     tokio::spawn(leases::keep_leases(node.clone(), config.lease_checkpoint_interval));
     tokio::spawn(promote_new_voters(node.clone()));
+    if matches!(config.bootstrap, Bootstrap::Srv { .. }) {
+        let node = node.clone();
+        tokio::spawn(async move { plan::promote_when_caught_up(&node.consensus, node.member_id).await });
+    }
     tokio::spawn(count_leader_changes(node.clone()));
     if config.metrics_extensive {
         crate::metrics::METRICS.enable_extensive();
@@ -323,13 +228,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     outcome
-}
-
-fn identity_of(plan: Plan) -> (u64, u64, Option<InitialCluster>) {
-    match plan {
-        Plan::New(cluster, member_id) => (member_id, cluster.cluster_id, Some(cluster)),
-        Plan::Join { cluster_id, member_id } => (member_id, cluster_id, None),
-    }
 }
 
 /// Refuses a restart that would break Raft's promises: a member the cluster

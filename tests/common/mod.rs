@@ -125,6 +125,11 @@ impl Member {
         self
     }
 
+    /// Drops an environment variable `with_env` set, for the next start.
+    pub fn remove_env(&mut self, name: &str) {
+        self.envs.retain(|(n, _)| n != name);
+    }
+
     /// The process id of the running member.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
