@@ -1,6 +1,7 @@
 //! A cluster that finds its members by itself: through a discovery URL
 //! (Debian's discovery.etcd.io service in front of a real etcd with the v2
-//! API, and a plain etcd v2 keys directory) and through DNS SRV records
+//! API, and a plain etcd v2 keys directory), through etcd 3.6's v3
+//! discovery (in cairn and in a real etcd), and through DNS SRV records
 //! served by a real DNS server (Debian's dnsmasq), which each member reads
 //! through its own /etc/resolv.conf.
 
@@ -136,6 +137,39 @@ fn a_plain_etcd_v2_keys_directory_serves_as_the_discovery_url_and_bad_ones_are_n
     let mut both = discovered("both", &registry).with_args(&["--initial-cluster", "both=http://127.0.0.1:1"]);
     let said = refused(&mut both);
     assert!(said.contains("multiple discovery or bootstrap flags are set"), "{said}");
+}
+
+#[test]
+fn etcd_3_6s_v3_discovery_through_a_cairn_cluster_and_a_real_etcd() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut registry = Member::single(dir.path(), "registry");
+    registry.start();
+    registry.wait_healthy(Duration::from_secs(20));
+    let etcd = RealEtcd::start(dir.path());
+    let mut registries = vec![registry.endpoint()];
+    registries.extend(etcd.as_ref().map(|e| e.endpoint.clone()));
+    for (r, endpoint) in registries.iter().enumerate() {
+        let token = format!("token-{r}");
+        etcdctl_ok(endpoint, &["put", &format!("/_etcd/registry/{token}/_config/size"), "2"]);
+        let discovered = |name: &str| {
+            Member::discovering(dir.path(), name, "http", "127.0.0.1", &["--discovery-token", &token, "--discovery-endpoints", endpoint])
+        };
+        let mut members = vec![discovered(&format!("v{r}a")), discovered(&format!("v{r}b"))];
+        members.iter_mut().for_each(Member::start);
+        serve_one_cluster(&members);
+        let registered = etcdctl_ok(endpoint, &["get", &format!("/_etcd/registry/{token}/members/"), "--prefix", "--print-value-only"]);
+        assert!(registered.contains(&format!("v{r}a=http://127.0.0.1:")) && registered.lines().count() == 2, "{registered}");
+        let said = refused(&mut discovered(&format!("v{r}c")));
+        assert!(said.contains("discovery: cluster is full") && said.contains(&format!("/_etcd/registry/{token} at {endpoint}")), "{said}");
+    }
+    let said = refused(&mut Member::discovering(
+        dir.path(),
+        "no-size",
+        "http",
+        "127.0.0.1",
+        &["--discovery-token", "unknown", "--discovery-endpoints", &registries[0]],
+    ));
+    assert!(said.contains("discovery: size key not found: /_etcd/registry/unknown/_config/size"), "{said}");
 }
 
 /// A DNS server on a loopback address of its own, port 53, serving

@@ -25,6 +25,10 @@ pub const SUPPORTED: &[&str] = &[
     "discovery-fallback",
     "discovery-srv",
     "discovery-srv-name",
+    "discovery-token",
+    "discovery-endpoints",
+    "discovery-user",
+    "discovery-password",
     "quota-backend-bytes",
     "memory-budget-bytes",
     "max-request-bytes",
@@ -99,10 +103,9 @@ pub const UNSUPPORTED: &[&str] = &[
     "socket-reuse-address", "socket-reuse-port", "unsafe-no-fsync", "v2-deprecation", "client-cert-file",
     "client-key-file", "peer-client-cert-file", "peer-client-key-file", "peer-skip-client-san-verification",
     "initial-election-tick-advance", "enable-distributed-tracing",
-    "discovery-token", "discovery-endpoints", "discovery-dial-timeout", "discovery-request-timeout",
-    "discovery-keepalive-time", "discovery-keepalive-timeout", "discovery-insecure-transport",
-    "discovery-insecure-skip-tls-verify", "discovery-cert", "discovery-key", "discovery-cacert", "discovery-user",
-    "discovery-password",
+    "discovery-dial-timeout", "discovery-request-timeout", "discovery-keepalive-time",
+    "discovery-keepalive-timeout", "discovery-insecure-transport", "discovery-insecure-skip-tls-verify",
+    "discovery-cert", "discovery-key", "discovery-cacert",
 ];
 
 /// A setting a config file or an `ETCD_*` variable may carry: any supported

@@ -430,6 +430,10 @@ pub enum Bootstrap {
     /// service or an etcd v2 keys directory; `--discovery-proxy` is an HTTP
     /// proxy for it.
     Discovery { url: String, proxy: Option<String> },
+    /// `--discovery-token` at `--discovery-endpoints`: etcd 3.6's v3
+    /// discovery, keys under `/_etcd/registry/<token>` of any etcd-API
+    /// cluster, signed in as `--discovery-user` if given.
+    DiscoveryV3 { token: String, endpoints: Vec<String>, user: Option<(String, String)> },
     /// `--discovery-srv DOMAIN`: the `_etcd-server-ssl._tcp` and
     /// `_etcd-server._tcp` SRV records of DOMAIN, each service name suffixed
     /// with `-NAME` for `--discovery-srv-name NAME`.
@@ -439,12 +443,15 @@ pub enum Bootstrap {
 /// The one way of bootstrapping the flags choose; more than one is an error,
 /// as in etcd.
 fn bootstrap(s: &Settings, name: &str, advertised_peer_urls: &[String]) -> Result<Bootstrap, ConfigError> {
-    let chosen: Vec<&str> =
-        ["initial-cluster", "discovery", "discovery-srv"].into_iter().filter(|k| s.raw(k).is_some_and(|v| !v.is_empty())).collect();
+    let chosen: Vec<&str> = ["initial-cluster", "discovery", "discovery-endpoints", "discovery-srv"]
+        .into_iter()
+        .filter(|k| s.raw(k).is_some_and(|v| !v.is_empty()))
+        .collect();
     if chosen.len() > 1 {
         let origins: Vec<String> = chosen.iter().map(|k| s.origin(k)).collect();
         return Err(ConfigError::new(format!(
-            "multiple discovery or bootstrap flags are set ({}): choose one of --initial-cluster, --discovery or --discovery-srv",
+            "multiple discovery or bootstrap flags are set ({}): choose one of --initial-cluster, --discovery, \
+             --discovery-endpoints or --discovery-srv",
             origins.join(", ")
         )));
     }
@@ -468,9 +475,29 @@ fn bootstrap(s: &Settings, name: &str, advertised_peer_urls: &[String]) -> Resul
             }
             Bootstrap::Discovery { url, proxy }
         }
+        Some("discovery-endpoints") => {
+            let token = given("discovery-token").ok_or_else(|| {
+                ConfigError::new(format!("{} needs --discovery-token, the cluster's name in the discovery service", s.origin("discovery-endpoints")))
+            })?;
+            let user = match (given("discovery-user"), given("discovery-password")) {
+                (Some(user), Some(password)) => Some((user, password)),
+                (Some(user), None) => match user.split_once(':') {
+                    Some((name, password)) => Some((name.to_string(), password.to_string())),
+                    None => return Err(ConfigError::new(format!("{}: give the password as name:password or with --discovery-password", s.origin("discovery-user")))),
+                },
+                (None, _) => None,
+            };
+            Bootstrap::DiscoveryV3 { token, endpoints: s.list("discovery-endpoints"), user }
+        }
         Some("discovery-srv") => {
             let domain = given("discovery-srv").expect("chosen").trim_end_matches('.').to_string();
             Bootstrap::Srv { domain, service_name: given("discovery-srv-name") }
+        }
+        _ if given("discovery-token").is_some() => {
+            return Err(ConfigError::new(format!(
+                "{} needs --discovery-endpoints, the discovery service's client URLs",
+                s.origin("discovery-token")
+            )))
         }
         // etcd: without an explicit --initial-cluster, the member forms a cluster of one.
         _ => Bootstrap::Static(given("initial-cluster").unwrap_or_else(|| {

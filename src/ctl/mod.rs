@@ -189,6 +189,14 @@ pub async fn client_from_env(endpoints: &[String], timeout: Duration) -> Result<
     connect(&global, endpoints).await
 }
 
+/// A client for `endpoints` over plain connections (names resolved by
+/// hickory, as the member's own), signed in as `user` if given: for a
+/// member's own calls to another cluster, such as v3 discovery.
+pub async fn plain_client(endpoints: &[String], user: Option<(String, String)>, timeout: Duration) -> Result<Client, String> {
+    let channel = ToolTls::default().channel(endpoints, timeout).await?;
+    Client::from_channel(channel, user.map(|(name, password)| ConnectOptions::new().with_user(name, password))).await.map_err(rpc)
+}
+
 async fn connect(global: &Global, endpoints: &[String]) -> Result<Client, String> {
     let channel = global.tls.channel(endpoints, global.timeout).await?;
     Client::from_channel(channel, global.credentials()?).await.map_err(rpc)

@@ -61,7 +61,10 @@ pub async fn bootstrap_plan(config: &Config, dialer: &Dialer) -> Result<Plan, Co
             let id = cluster.member(&config.name, advertised)?.id;
             (cluster, id)
         }
-        Bootstrap::Discovery { url, proxy } => bootstrap::discovery::cluster(url, proxy.as_deref(), &config.name, advertised).await?,
+        Bootstrap::Discovery { url, proxy } => bootstrap::discovery::v2(url, proxy.as_deref(), &config.name, advertised).await?,
+        Bootstrap::DiscoveryV3 { token, endpoints, user } => {
+            bootstrap::discovery::v3(token, endpoints, user.clone(), &config.name, advertised).await?
+        }
         Bootstrap::Srv { domain, service_name } => bootstrap::srv::cluster(domain, service_name.as_deref(), advertised, token).await?,
     };
     // This member's URLs as the cluster knows them (an SRV record names it

@@ -52,7 +52,7 @@ pub fn prepare(config: &Config) -> Result<Security, ConfigError> {
         Bootstrap::Static(cluster) => cluster.contains("https://"),
         // The members found are dialed as this member advertises itself:
         // an `_etcd-server-ssl` record must match an https advertised URL.
-        Bootstrap::Discovery { .. } | Bootstrap::Srv { .. } => false,
+        Bootstrap::Discovery { .. } | Bootstrap::DiscoveryV3 { .. } | Bootstrap::Srv { .. } => false,
     };
     let dials_https = bootstrap_https || config.initial_advertise_peer_urls.iter().any(|u| u.starts_with("https://"));
     let dial = match peer_tls.map(PortTls::into_dialer) {
