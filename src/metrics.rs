@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 
 use prometheus::{
     exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -164,16 +164,17 @@ impl Metrics {
     }
 
     /// Member `id`'s peer-traffic series.
-    pub fn peer(&self, id: u64) -> Arc<PeerMeters> {
+    pub fn peer(&'static self, id: u64) -> Arc<PeerMeters> {
         let mut peers = self.peers.lock().expect("peer metrics map poisoned");
         peers
             .entry(id)
             .or_insert_with(|| {
-                let label = format!("{id:x}");
                 Arc::new(PeerMeters {
-                    sent_bytes: self.peer_sent_bytes.with_label_values(&[&label]),
-                    received_bytes: self.peer_received_bytes.with_label_values(&[&label]),
-                    round_trip_seconds: self.peer_round_trip_seconds.with_label_values(&[&label]),
+                    metrics: self,
+                    label: format!("{id:x}"),
+                    sent_bytes: OnceLock::new(),
+                    received_bytes: OnceLock::new(),
+                    round_trip_seconds: OnceLock::new(),
                 })
             })
             .clone()
@@ -187,11 +188,28 @@ impl Metrics {
     }
 }
 
-/// One peer's series of etcd's `etcd_network_peer_*` metrics.
+/// One peer's series of etcd's `etcd_network_peer_*` metrics, each made
+/// when first used: as in etcd, a series shows once something was counted.
 pub struct PeerMeters {
-    pub sent_bytes: IntCounter,
-    pub received_bytes: IntCounter,
-    pub round_trip_seconds: Histogram,
+    metrics: &'static Metrics,
+    label: String,
+    sent_bytes: OnceLock<IntCounter>,
+    received_bytes: OnceLock<IntCounter>,
+    round_trip_seconds: OnceLock<Histogram>,
+}
+
+impl PeerMeters {
+    pub fn sent_bytes(&self) -> &IntCounter {
+        self.sent_bytes.get_or_init(|| self.metrics.peer_sent_bytes.with_label_values(&[&self.label]))
+    }
+
+    pub fn received_bytes(&self) -> &IntCounter {
+        self.received_bytes.get_or_init(|| self.metrics.peer_received_bytes.with_label_values(&[&self.label]))
+    }
+
+    pub fn round_trip_seconds(&self) -> &Histogram {
+        self.round_trip_seconds.get_or_init(|| self.metrics.peer_round_trip_seconds.with_label_values(&[&self.label]))
+    }
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);

@@ -145,7 +145,7 @@ impl Peers {
         let mut client = self.client(id, node)?;
         // Counted where requests are sent: their bytes and their answers'.
         let meters = METRICS.peer(id);
-        meters.sent_bytes.inc_by(data.len() as u64);
+        meters.sent_bytes().inc_by(data.len() as u64);
         let mut req = tonic::Request::new(Payload { data });
         if let Some(t) = timeout {
             req.set_timeout(t);
@@ -168,7 +168,7 @@ impl Peers {
         }
         self.record_health(id, reply.is_ok());
         let reply = reply?.into_inner();
-        meters.received_bytes.inc_by(reply.data.len() as u64);
+        meters.received_bytes().inc_by(reply.data.len() as u64);
         Ok(decode(&reply.data)?)
     }
 }
@@ -263,7 +263,7 @@ impl PeerConnection {
                 if data.is_empty() {
                     return Ok(());
                 }
-                meters.sent_bytes.inc_by(data.len() as u64);
+                meters.sent_bytes().inc_by(data.len() as u64);
                 match tokio::time::timeout(stalled, tx.send(Payload { data })).await {
                     Err(_) => return Err(std::io::Error::other(format!("the follower took no snapshot data for {stalled:?}"))),
                     // The call ended early: its answer says why.
@@ -315,7 +315,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         let sent = Instant::now();
         let answer = self.raft_call(Method::AppendEntries, request, &option).await;
         match &answer {
-            Ok(_) => METRICS.peer(self.target).round_trip_seconds.observe(sent.elapsed().as_secs_f64()),
+            Ok(_) => METRICS.peer(self.target).round_trip_seconds().observe(sent.elapsed().as_secs_f64()),
             Err(RPCError::Unreachable(_) | RPCError::Network(_)) => METRICS.heartbeat_send_failures.inc(),
             Err(_) => {}
         }

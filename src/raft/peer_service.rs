@@ -51,7 +51,7 @@ const LOOKUP_PAUSE: Duration = Duration::from_secs(1);
 fn payload<T: serde::de::DeserializeOwned>(req: Request<Payload>) -> Result<T, Status> {
     if let Some(sender) = credentials::sender(req.metadata()) {
         let bytes = req.get_ref().data.len() as u64;
-        METRICS.peer(sender).received_bytes.inc_by(bytes);
+        METRICS.peer(sender).received_bytes().inc_by(bytes);
     }
     decoded(&req.into_inner())
 }
