@@ -15,8 +15,11 @@ for program in /usr/sbin/dnsmasq /usr/bin/etcd /usr/bin/discovery.etcd.io; do
     install -D "$lib" "$context$lib"
   done
 done
-# dnsmasq runs as root (its --user needs the user in /etc/passwd).
-mkdir -p "$context/etc/dnsmasq.d" "$context/var/lib/etcd"
+# The discovery service reads its package's config file (the flags override
+# it); dnsmasq runs as root (its --user needs the user in /etc/passwd) and
+# writes its pid file to /var/run.
+install -D /etc/etcd-discovery/etcd-discovery.conf "$context/etc/etcd-discovery/etcd-discovery.conf"
+mkdir -p "$context/etc/dnsmasq.d" "$context/var/lib/etcd" "$context/var/run"
 echo 'root:x:0:0:root:/:/nonexistent' > "$context/etc/passwd"
 echo 'root:x:0:' > "$context/etc/group"
 printf 'FROM scratch\nCOPY . /\n' > "$context/Containerfile"
