@@ -42,6 +42,11 @@ fn refused(member: &mut Member) -> String {
 /// As `refused`, for a member that tries for a while before it gives up.
 fn refused_within(member: &mut Member, within: Duration) -> String {
     member.start();
+    said_on_exit(member, within)
+}
+
+/// What a started member that must exit 1 within `within` said.
+fn said_on_exit(member: &mut Member, within: Duration) -> String {
     let deadline = Instant::now() + within;
     loop {
         if let Some(status) = member.try_wait() {
@@ -260,22 +265,43 @@ fn three_members_given_only_discovery_srv_form_one_cluster_when_their_records_co
     std::thread::sleep(Duration::from_secs(3));
     assert!(members.iter().all(Member::is_running), "a member gave up before its records existed");
     let hosts: Vec<(String, u16)> = members.iter().enumerate().map(|(i, m)| (format!("s{i}.{ZONE}"), port_of(&m.peer_url))).collect();
-    let Some(_dns) = Dns::start(DNS_ADDRESS, &srv_records("_etcd-server", &hosts)) else { return };
+    let mut records = srv_records("_etcd-server", &hosts);
+    records.extend(members.iter().enumerate().map(|(i, m)| format!("--srv-host=_etcd-client._tcp.{ZONE},s{i}.{ZONE},{}", port_of(&m.client_url))));
+    let Some(_dns) = Dns::start(DNS_ADDRESS, &records) else { return };
     serve_one_cluster(&members);
     let listed = started_members(&endpoints(&members), 3);
     assert!(listed.iter().all(|l| l.contains(&format!(".{ZONE}:"))), "peer URLs as the records name them: {listed:?}");
 
-    // A member the records do not name says what it found and compared.
+    // A client finds the members through their `_etcd-client._tcp` records.
+    let health = Command::new(&launcher[0])
+        .args(&launcher[1..])
+        .arg(CAIRN)
+        .args(["ctl", "--discovery-srv", ZONE, "endpoint", "health"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&health.stdout);
+    assert!(health.status.success() && said.matches(&format!(".{ZONE}:")).count() == 3 && said.matches("is healthy").count() == 3, "{said}");
+
+    // A member the records do not name says what it found and compared;
+    // one that asks for more members than the records name says so too.
     let mut stranger = Member::discovering(dir.path(), "stranger", "http", "127.0.0.1", &["--discovery-srv", ZONE])
         .with_launcher(&launcher)
         .with_args(&["--discovery-srv-name", "other"]);
-    let said = refused_within(&mut stranger, Duration::from_secs(90));
+    let mut too_few = Member::discovering(dir.path(), "too-few", "http", &hosts[0].0, &["--discovery-srv", ZONE, "--initial-cluster-size", "4"])
+        .with_launcher(&launcher);
+    // It advertises member s0's peer URL: it binds nothing before its cluster is found.
+    too_few.add_args(&["--initial-advertise-peer-urls", &members[0].peer_url]);
+    stranger.start();
+    too_few.start();
+    let said = said_on_exit(&mut stranger, Duration::from_secs(90));
     assert!(
         said.contains("cannot find this member in the SRV records")
             && said.contains(&format!("_etcd-server-other._tcp.{ZONE}.: no records"))
             && said.contains("this member advertises http://127.0.0.1:"),
         "{said}"
     );
+    let said = said_on_exit(&mut too_few, Duration::from_secs(30));
+    assert!(said.contains("found 3 of the 4 members --initial-cluster-size asks for"), "{said}");
 }
 
 #[test]

@@ -28,10 +28,21 @@ struct Target {
     addresses: BTreeSet<IpAddr>,
 }
 
-/// The SRV record names looked up for `domain`.
-fn services(domain: &str, service_name: Option<&str>) -> [(&'static str, String); 2] {
+/// Whose records: the members' peer URLs, or their client URLs.
+#[derive(Clone, Copy)]
+enum Kind {
+    Server,
+    Client,
+}
+
+/// The SRV record names of `kind` looked up for `domain`, with their scheme.
+fn services(kind: Kind, domain: &str, service_name: Option<&str>) -> [(&'static str, String); 2] {
+    let kind = match kind {
+        Kind::Server => "server",
+        Kind::Client => "client",
+    };
     let suffix = service_name.map(|n| format!("-{n}")).unwrap_or_default();
-    [("https", format!("_etcd-server-ssl{suffix}._tcp.{domain}.")), ("http", format!("_etcd-server{suffix}._tcp.{domain}."))]
+    [("https", format!("_etcd-{kind}-ssl{suffix}._tcp.{domain}.")), ("http", format!("_etcd-{kind}{suffix}._tcp.{domain}."))]
 }
 
 /// What one look at the records found.
@@ -48,7 +59,7 @@ impl fmt::Display for Sight {
     }
 }
 
-async fn look(domain: &str, service_name: Option<&str>) -> Sight {
+async fn look(kind: Kind, domain: &str, service_name: Option<&str>) -> Sight {
     let mut sight = Sight::default();
     let Some(resolver) = resolver() else {
         sight.said.push("no DNS configuration (/etc/resolv.conf)".into());
@@ -56,7 +67,7 @@ async fn look(domain: &str, service_name: Option<&str>) -> Sight {
     };
     // A record that was missing a moment ago may be there now.
     resolver.clear_cache();
-    for (scheme, name) in services(domain, service_name) {
+    for (scheme, name) in services(kind, domain, service_name) {
         let lookup = match resolver.srv_lookup(name.as_str()).await {
             Ok(lookup) => lookup,
             Err(e) if e.is_no_records_found() || e.is_nx_domain() => {
@@ -121,6 +132,7 @@ async fn find_self<'a>(targets: &'a [Target], advertised: &[String]) -> Result<O
 pub async fn cluster(
     domain: &str,
     service_name: Option<&str>,
+    size: Option<usize>,
     advertised: &[String],
     token: &str,
 ) -> Result<(InitialCluster, u64), ConfigError> {
@@ -130,12 +142,17 @@ pub async fn cluster(
     // the records of its answers).
     let mut previous: Option<Vec<Target>> = None;
     loop {
-        let sight = look(domain, service_name).await;
+        let sight = look(Kind::Server, domain, service_name).await;
         let me = find_self(&sight.targets, advertised).await.map_err(|e| ConfigError::new(format!("--discovery-srv {domain}: {e}")))?;
         let waiting_for = match me {
             None => format!(
                 "cannot find this member in the SRV records: {sight}; this member advertises {}",
                 advertised.join(",")
+            ),
+            Some(_) if size.is_some_and(|size| sight.targets.len() < size) => format!(
+                "found {} of the {} members --initial-cluster-size asks for: {sight}",
+                sight.targets.len(),
+                size.unwrap_or_default()
             ),
             Some(me) if previous.as_ref() == Some(&sight.targets) => {
                 let members: Vec<InitialMember> = sight
@@ -157,4 +174,14 @@ pub async fn cluster(
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// The client URLs that `_etcd-client-ssl._tcp.DOMAIN` (https) and
+/// `_etcd-client._tcp.DOMAIN` (http) name: etcdctl's `--discovery-srv`.
+pub async fn client_endpoints(domain: &str, service_name: Option<&str>) -> Result<Vec<String>, String> {
+    let sight = look(Kind::Client, domain, service_name).await;
+    if sight.targets.is_empty() {
+        return Err(format!("no client endpoints in the SRV records of {domain}: {sight}"));
+    }
+    Ok(sight.targets.into_iter().map(|t| t.url).collect())
 }

@@ -25,6 +25,7 @@ pub const SUPPORTED: &[&str] = &[
     "discovery-fallback",
     "discovery-srv",
     "discovery-srv-name",
+    "initial-cluster-size",
     "discovery-token",
     "discovery-endpoints",
     "discovery-user",

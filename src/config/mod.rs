@@ -436,8 +436,9 @@ pub enum Bootstrap {
     DiscoveryV3 { token: String, endpoints: Vec<String>, user: Option<(String, String)> },
     /// `--discovery-srv DOMAIN`: the `_etcd-server-ssl._tcp` and
     /// `_etcd-server._tcp` SRV records of DOMAIN, each service name suffixed
-    /// with `-NAME` for `--discovery-srv-name NAME`.
-    Srv { domain: String, service_name: Option<String> },
+    /// with `-NAME` for `--discovery-srv-name NAME`; with cairn's
+    /// `--initial-cluster-size N`, only once they name N members.
+    Srv { domain: String, service_name: Option<String>, size: Option<usize> },
 }
 
 /// The one way of bootstrapping the flags choose; more than one is an error,
@@ -491,7 +492,13 @@ fn bootstrap(s: &Settings, name: &str, advertised_peer_urls: &[String]) -> Resul
         }
         Some("discovery-srv") => {
             let domain = given("discovery-srv").expect("chosen").trim_end_matches('.').to_string();
-            Bootstrap::Srv { domain, service_name: given("discovery-srv-name") }
+            let size = match given("initial-cluster-size") {
+                None => None,
+                Some(n) => Some(n.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    ConfigError::new(format!("invalid value {n:?} for {}: a number of members", s.origin("initial-cluster-size")))
+                })?),
+            };
+            Bootstrap::Srv { domain, service_name: given("discovery-srv-name"), size }
         }
         _ if given("discovery-token").is_some() => {
             return Err(ConfigError::new(format!(

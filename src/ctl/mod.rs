@@ -66,6 +66,7 @@ fn parse_and_run(args: Vec<String>) -> CtlResult {
     let mut global = Global::from_env()?;
     let mut words = Vec::new();
     let mut options = Vec::new();
+    let (mut discovery_srv, mut discovery_srv_name) = (None::<String>, None::<String>);
     let mut iter = args.into_iter();
     while let Some(arg) = iter.next() {
         let Some(flag) = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-').filter(|f| !f.is_empty())) else {
@@ -81,6 +82,8 @@ fn parse_and_run(args: Vec<String>) -> CtlResult {
             "endpoints" => global.endpoints = value()?.split(',').map(String::from).collect(),
             "w" | "write-out" => global.write_out = parse_write_out(&value()?)?,
             "command-timeout" => global.timeout = parse_duration(&value()?)?,
+            "discovery-srv" => discovery_srv = Some(value()?),
+            "discovery-srv-name" => discovery_srv_name = Some(value()?),
             "user" => global.user = Some(value()?),
             "password" => global.password = Some(value()?),
             "name" | "data-dir" | "wal-dir" | "initial-cluster" | "initial-cluster-token"
@@ -95,6 +98,9 @@ fn parse_and_run(args: Vec<String>) -> CtlResult {
     let has = |opt: &str| options.iter().any(|(n, _)| n == opt);
     let option = |opt: &str| options.iter().rev().find(|(n, _)| n == opt).and_then(|(_, v)| v.clone());
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    if let Some(domain) = discovery_srv {
+        global.endpoints = runtime.block_on(crate::bootstrap::srv::client_endpoints(&domain, discovery_srv_name.as_deref()))?;
+    }
     match words.as_slice() {
         ["version"] => {
             println!("etcdctl version: {}\nAPI version: 3.5", crate::api::grpc::ETCD_VERSION);

@@ -65,7 +65,9 @@ pub async fn bootstrap_plan(config: &Config, dialer: &Dialer) -> Result<Plan, Co
         Bootstrap::DiscoveryV3 { token, endpoints, user } => {
             bootstrap::discovery::v3(token, endpoints, user.clone(), &config.name, advertised).await?
         }
-        Bootstrap::Srv { domain, service_name } => bootstrap::srv::cluster(domain, service_name.as_deref(), advertised, token).await?,
+        Bootstrap::Srv { domain, service_name, size } => {
+            bootstrap::srv::cluster(domain, service_name.as_deref(), *size, advertised, token).await?
+        }
     };
     // This member's URLs as the cluster knows them (an SRV record names it
     // by its record's URL) and as it advertises them.
