@@ -47,15 +47,9 @@ fn refused_within(member: &mut Member, within: Duration) -> String {
 
 /// What a started member that must exit 1 within `within` said.
 fn said_on_exit(member: &mut Member, within: Duration) -> String {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = member.try_wait() {
-            assert_eq!(status.code(), Some(1), "{}", member.log_text());
-            return member.log_text();
-        }
-        assert!(Instant::now() < deadline, "still running:\n{}", member.log_text());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let status = member.wait_exit(within);
+    assert_eq!(status.code(), Some(1), "{}", member.log_text());
+    member.log_text()
 }
 
 fn endpoints(members: &[Member]) -> String {
@@ -374,14 +368,7 @@ fn a_member_with_a_new_srv_record_joins_the_running_cluster_by_itself_and_resume
 
     // It adds itself as a learner and crashes before it starts.
     fourth.start();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = fourth.try_wait() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "no crash after the add:\n{}", fourth.log_text());
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = fourth.wait_exit(Duration::from_secs(60));
     assert!(!status.success() && fourth.log_text().contains("the cluster added this member as a learner"), "{status}: {}", fourth.log_text());
     let eps = endpoints(&members);
     let listed = etcdctl_ok(&eps, &["member", "list"]);

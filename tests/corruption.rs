@@ -37,14 +37,7 @@ fn with_state_db(data_dir: &Path, change: impl FnOnce(&rocksdb::DB)) {
 fn refused_start(m: &mut Member) -> String {
     let before = m.log_text().len();
     m.start();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = m.try_wait() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the member started on a damaged data dir:\n{}", m.log_text());
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = m.wait_exit(Duration::from_secs(20));
     assert_eq!(status.code(), Some(1), "{}", m.log_text());
     m.log_text()[before..].to_string()
 }

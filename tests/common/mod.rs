@@ -192,6 +192,19 @@ impl Member {
         Some(status)
     }
 
+    /// The exit status once the member ends by itself; panics with its log
+    /// if it still runs after `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.try_wait() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{} still running after {within:?}:\n{}", self.name, self.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Everything the member has logged so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
