@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use rocksdb::WriteBatch;
 
-use super::keys::{self, Event, LeaseRecord, Stored};
+use super::keys::{self, Event, Latest, LeaseRecord, Stored};
 use super::types::{
     Change, Compare, CompareResult, CompareTarget, DeleteArgs, KeyValue, KvError, Op, OpResult, PutArgs, TxnArgs,
 };
@@ -53,7 +53,8 @@ impl<'a> Execution<'a> {
         }
     }
 
-    fn record(&mut self, kv: KeyValue, deleted: bool, prev: Option<KeyValue>) {
+    /// Writes one change to the history and the index; returns its sub-revision.
+    fn record(&mut self, kv: KeyValue, deleted: bool, prev: Option<KeyValue>) -> u32 {
         let rev = self.write_revision();
         let sub = self.sub;
         self.sub += 1;
@@ -68,6 +69,7 @@ impl<'a> Execution<'a> {
             self.batch.delete_cf(Cfs::handle(db, Cfs::LATEST), &kv.key);
         }
         self.changes.push(Change { kv, deleted, prev });
+        sub
     }
 
     fn put(&mut self, args: &PutArgs) -> Result<OpResult, KvError> {
@@ -92,20 +94,23 @@ impl<'a> Execution<'a> {
                 _ => args.value.clone(),
             },
         };
-        self.batch.put_cf(Cfs::handle(self.view.db, Cfs::LATEST), &args.key, keys::encode(&stored));
         self.move_to_lease(&args.key, prev.as_ref().map_or(0, |p| p.lease), stored.lease);
         self.view.overlay.insert(args.key.clone(), Some(stored.clone()));
         let prev = prev.map(|p| p.into_kv(args.key.clone()));
         let prev_kv = if args.prev_kv { prev.clone() } else { None };
-        self.record(stored.into_kv(args.key.clone()), false, prev);
+        let Stored { create_revision, mod_revision, version, lease, .. } = stored;
+        let sub = self.record(stored.into_kv(args.key.clone()), false, prev);
+        let latest = Latest { create_revision, mod_revision, version, lease, sub };
+        self.batch.put_cf(Cfs::handle(self.view.db, Cfs::LATEST), &args.key, keys::encode(&latest));
         Ok(OpResult::Put { prev_kv })
     }
 
     fn delete(&mut self, args: &DeleteArgs) -> Result<OpResult, KvError> {
         let mut doomed = Vec::new();
-        self.view.scan_latest(&args.key, &RangeEnd::of(&args.range_end), |k, s| {
-            doomed.push(s.clone().into_kv(k.to_vec()));
-            true
+        // With their values: watchers may ask for each deletion's prev_kv.
+        self.view.scan_latest(&args.key, &RangeEnd::of(&args.range_end), |k, live| {
+            doomed.push(self.view.live_kv(k, live, true)?);
+            Ok(true)
         })?;
         let rev = self.write_revision();
         for kv in &doomed {
@@ -136,9 +141,10 @@ impl<'a> Execution<'a> {
 
     fn compare(&self, c: &Compare) -> Result<bool, KvError> {
         let mut kvs = Vec::new();
-        self.view.scan_latest(&c.key, &RangeEnd::of(&c.range_end), |k, s| {
-            kvs.push(s.clone().into_kv(k.to_vec()));
-            true
+        let with_value = matches!(c.target, CompareTarget::Value(_));
+        self.view.scan_latest(&c.key, &RangeEnd::of(&c.range_end), |k, live| {
+            kvs.push(self.view.live_kv(k, live, with_value)?);
+            Ok(true)
         })?;
         if kvs.is_empty() {
             // A missing key compares as a zero key-value, except on its value.

@@ -3,7 +3,7 @@
 //! etcdctl checks it: the body padded to a multiple of 512 bytes, then the
 //! SHA-256 of everything before it.
 //!
-//! Body: `MAGIC`, then rows `cf(1) key_len(4) value_len(4) key value` of a
+//! Body: `MAGIC` and the format byte, then rows `cf(1) key_len(4) value_len(4) key value` of a
 //! RocksDB snapshot of every column family, then `END`.
 
 use std::fs::File;
@@ -19,7 +19,10 @@ use super::types::KvError;
 use super::view::{db_error, decode};
 use super::{Cfs, Store};
 
-const MAGIC: &[u8; 16] = b"cairn-snapshot\x00\x01";
+const MAGIC: &[u8; 15] = b"cairn-snapshot\x00";
+/// The format: 2 since the store's layout 2 (`store::layout`); files of
+/// format 1 hold layout 1's rows, which are rewritten once loaded.
+const FORMAT: u8 = 2;
 const END: u8 = 0xFF;
 const PAGE: usize = 512;
 const CHECKSUM: usize = 32;
@@ -30,8 +33,13 @@ const TABLE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Of the meta rows, those that describe the data and its users; the others
 /// (identity, Raft state, members, alarms) belong to the old cluster.
-const DATA_META: [&[u8]; 4] =
-    [keys::META_REVISION, keys::META_COMPACT_REVISION, keys::META_PHYSICALLY_COMPACTED, keys::META_AUTH];
+const DATA_META: [&[u8]; 5] = [
+    keys::META_REVISION,
+    keys::META_COMPACT_REVISION,
+    keys::META_PHYSICALLY_COMPACTED,
+    keys::META_AUTH,
+    keys::META_LAYOUT,
+];
 
 /// What `snapshot status` reports.
 pub struct BackupStatus {
@@ -53,6 +61,7 @@ impl Store {
         let mut chunk = Vec::with_capacity(CHUNK_BYTES + PAGE);
         let mut written = 0usize;
         chunk.extend_from_slice(MAGIC);
+        chunk.push(FORMAT);
         for (i, name) in Cfs::ALL.iter().enumerate() {
             for item in snapshot.iterator_cf(Cfs::handle(&self.db, name), IteratorMode::Start) {
                 let (k, v) = item.map_err(db_error)?;
@@ -112,6 +121,9 @@ impl Store {
             !(cf == Cfs::META && [keys::META_IDENTITY, keys::META_RAFT_APPLIED].contains(&key))
         })
         .map_err(KvError::Internal)?;
+        if rows.format == 1 {
+            self.rewrite_layout_1()?;
+        }
         let mut batch = WriteBatch::default();
         batch.put_cf(meta, keys::META_RAFT_APPLIED, raft_state);
         batch.delete_cf(meta, keys::META_INSTALLING);
@@ -183,6 +195,7 @@ fn emit(chunk: &mut Vec<u8>, hasher: &mut Sha256, written: &mut usize, send: &mu
 /// Reads the rows of a snapshot file whose checksum was verified.
 struct Rows {
     reader: BufReader<File>,
+    format: u8,
 }
 
 impl Rows {
@@ -192,7 +205,7 @@ impl Rows {
         let fail = |e: std::io::Error| format!("{}: {e}", path.display());
         let mut file = File::open(path).map_err(fail)?;
         let size = file.metadata().map_err(fail)?.len();
-        if size < (MAGIC.len() + CHECKSUM) as u64 || size % PAGE as u64 != CHECKSUM as u64 {
+        if size < (MAGIC.len() + 1 + CHECKSUM) as u64 || size % PAGE as u64 != CHECKSUM as u64 {
             return Err(format!("{}: not a cairn snapshot (size {size})", path.display()));
         }
         let mut hasher = Sha256::new();
@@ -205,12 +218,16 @@ impl Rows {
         }
         file.seek(SeekFrom::Start(0)).map_err(fail)?;
         let mut reader = BufReader::new(file);
-        let mut magic = [0u8; 16];
-        reader.read_exact(&mut magic).map_err(fail)?;
-        if &magic != MAGIC {
+        let mut header = [0u8; 16];
+        reader.read_exact(&mut header).map_err(fail)?;
+        if &header[..MAGIC.len()] != MAGIC {
             return Err(format!("{}: not a cairn snapshot (an etcd one? restore it with etcdutl)", path.display()));
         }
-        Ok((Rows { reader }, size, stored))
+        let format = header[MAGIC.len()];
+        if !(1..=FORMAT).contains(&format) {
+            return Err(format!("{}: snapshot format {format} is newer than this cairn's ({FORMAT})", path.display()));
+        }
+        Ok((Rows { reader, format }, size, stored))
     }
 
     /// The next row: (column family, key, value); `None` at the end.
@@ -256,6 +273,9 @@ pub fn restore_backup(path: &Path, db_dir: &Path) -> Result<(Store, BackupStatus
     let (mut rows, _, _) = Rows::open(path)?;
     let store = Store::open(db_dir, &super::memory::MemberBudget::default().state).map_err(|e| e.to_string())?;
     load_rows(&mut rows, &store, |cf, key| cf != Cfs::META || DATA_META.contains(&key))?;
+    if rows.format == 1 {
+        store.rewrite_layout_1().map_err(|e| e.to_string())?;
+    }
     store.sync().map_err(|e| e.to_string())?;
     store.load_revisions().map_err(|e| e.to_string())?;
     Ok((store, status))

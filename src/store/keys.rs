@@ -1,7 +1,9 @@
 //! Byte layouts of the state database's column families.
 //!
-//! - `latest`:  user key -> `Stored` (live keys only; serves reads at the current revision)
-//! - `history`: revision(8) ++ sub(4) -> `Event` (every change; serves old revisions and watch catch-up)
+//! - `latest`:  user key -> `Latest` (live keys only, without their values: a
+//!   count or a page of keys walks only these small rows)
+//! - `history`: revision(8) ++ sub(4) -> `Event` (every change, value included;
+//!   serves values, old revisions and watch catch-up)
 //! - `index`:   escaped user key ++ revision(8) -> sub(4) ++ tombstone(1) (finds a key's version at a revision)
 //! - `meta`:    small named values (revision, compact revision, Raft applied state, members)
 //! - `lease`:   `l` ++ id(8) -> `LeaseRecord`; `k` ++ id(8) ++ user key -> "" (the keys a lease holds)
@@ -10,7 +12,33 @@ use serde::{Deserialize, Serialize};
 
 use super::types::{KeyValue, KvError};
 
-/// A live key's value and metadata, without the key itself (it is the RocksDB key).
+/// A live key's metadata as `latest` keeps it; its value is in the history
+/// row of its last change, (`mod_revision`, `sub`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Latest {
+    pub create_revision: i64,
+    pub mod_revision: i64,
+    pub version: i64,
+    pub lease: i64,
+    pub sub: u32,
+}
+
+impl Latest {
+    /// The key-value without its value.
+    pub fn into_kv(self, key: Vec<u8>) -> KeyValue {
+        KeyValue {
+            key,
+            create_revision: self.create_revision,
+            mod_revision: self.mod_revision,
+            version: self.version,
+            value: Vec::new(),
+            lease: self.lease,
+        }
+    }
+}
+
+/// A live key's value and metadata, without the key itself: what the command
+/// being applied wrote (layout 1 kept it in `latest`, see `META_LAYOUT`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stored {
     pub create_revision: i64,
@@ -103,9 +131,18 @@ pub fn escape_key(key: &[u8]) -> Vec<u8> {
 }
 
 pub fn index_key(key: &[u8], revision: i64) -> Vec<u8> {
-    let mut k = escape_key(key);
-    k.extend_from_slice(&(revision as u64).to_be_bytes());
-    k
+    escaped_index_key(escape_key(key), revision)
+}
+
+/// The index key of an escaped user key's version at `revision`.
+pub fn escaped_index_key(mut escaped: Vec<u8>, revision: i64) -> Vec<u8> {
+    escaped.extend_from_slice(&(revision as u64).to_be_bytes());
+    escaped
+}
+
+/// Sorts after every version of the escaped key and before the next key's.
+pub fn past_versions(escaped: &[u8]) -> Vec<u8> {
+    [escaped, &[0xFF; 8]].concat()
 }
 
 /// Splits an index key into the escaped user key and the revision.
@@ -139,6 +176,10 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 pub const META_REVISION: &[u8] = b"revision";
+/// How the column families are laid out: absent in a store of layout 1,
+/// whose `latest` rows held values (`Stored`); `LAYOUT` since.
+pub const META_LAYOUT: &[u8] = b"layout";
+pub const LAYOUT: i64 = 2;
 pub const META_COMPACT_REVISION: &[u8] = b"compact_revision";
 /// The compact revision whose unreachable versions are all removed.
 pub const META_PHYSICALLY_COMPACTED: &[u8] = b"physically_compacted";
@@ -225,6 +266,8 @@ fn unescape_key(esc: &[u8]) -> Vec<u8> {
         for w in keys.windows(2) {
             assert!(escape_key(w[0]) < escape_key(w[1]), "{:?} < {:?}", w[0], w[1]);
             assert!(index_key(w[0], i64::MAX) < index_key(w[1], 0));
+            let past = past_versions(&escape_key(w[0]));
+            assert!(index_key(w[0], i64::MAX) < past && past < index_key(w[1], 0));
         }
         for k in keys {
             assert_eq!(unescape_key(&escape_key(k)), k);

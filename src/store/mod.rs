@@ -5,6 +5,7 @@ mod apply;
 pub mod backup;
 mod compaction;
 mod keys;
+mod layout;
 pub mod log;
 pub mod maintenance;
 pub mod memory;
@@ -121,7 +122,9 @@ impl Store {
             installing: AtomicBool::new(false),
             auth: Registry::new(AuthState::default()),
         };
-        store.load_revisions().map_err(|e| OpenError { path: dir.display().to_string(), reason: detail(e) })?;
+        let failed = |e| OpenError { path: dir.display().to_string(), reason: detail(e) };
+        store.check_layout().map_err(failed)?;
+        store.load_revisions().map_err(failed)?;
         Ok(store)
     }
 

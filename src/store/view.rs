@@ -2,10 +2,11 @@
 //! with the uncommitted writes of the command being applied layered on top.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 
-use rocksdb::{Direction, IteratorMode, ReadOptions, DB};
+use rocksdb::{ReadOptions, DB};
 
-use super::keys::{self, Stored};
+use super::keys::{self, Latest, Stored};
 use super::types::{KeyValue, KvError, RangeArgs, RangeResult, SortOrder, SortTarget};
 use super::Cfs;
 
@@ -47,6 +48,28 @@ impl RangeEnd {
     }
 }
 
+/// A live key met by `scan_latest`: a `latest` row as stored (decoded only
+/// when asked), or a write of the command being applied.
+#[derive(Clone, Copy)]
+pub enum Live<'r> {
+    Written(&'r [u8]),
+    Pending(&'r Stored),
+}
+
+impl Live<'_> {
+    /// The key-value without its value, and the sub-revision of the history
+    /// row that holds the value (none when the value is already here).
+    pub fn without_value(self, key: &[u8]) -> Result<(KeyValue, Option<u32>), KvError> {
+        match self {
+            Live::Written(raw) => {
+                let latest: Latest = decode(raw)?;
+                Ok((latest.into_kv(key.to_vec()), Some(latest.sub)))
+            }
+            Live::Pending(stored) => Ok((stored.clone().into_kv(key.to_vec()), None)),
+        }
+    }
+}
+
 impl<'a> View<'a> {
     fn read_options(&self) -> ReadOptions {
         let mut ro = ReadOptions::default();
@@ -60,64 +83,96 @@ impl<'a> View<'a> {
         Cfs::handle(self.db, name)
     }
 
+    /// A live key with its value, as this command sees it.
     pub fn get_latest(&self, key: &[u8]) -> Result<Option<Stored>, KvError> {
         if let Some(v) = self.overlay.get(key) {
             return Ok(v.clone());
         }
-        let raw = self.db.get_cf_opt(self.cf(Cfs::LATEST), key, &self.read_options()).map_err(db_error)?;
-        Ok(raw.map(|r| decode(&r)).transpose()?)
+        let Some(raw) = self.db.get_cf_opt(self.cf(Cfs::LATEST), key, &self.read_options()).map_err(db_error)? else {
+            return Ok(None);
+        };
+        let latest: Latest = decode(&raw)?;
+        let value = self.event(latest.mod_revision, latest.sub)?.kv.value;
+        let Latest { create_revision, mod_revision, version, lease, .. } = latest;
+        Ok(Some(Stored { create_revision, mod_revision, version, lease, value }))
+    }
+
+    /// The history row of the change (`revision`, `sub`).
+    fn event(&self, revision: i64, sub: u32) -> Result<keys::Event, KvError> {
+        let raw = self
+            .db
+            .get_cf_opt(self.cf(Cfs::HISTORY), keys::history_key(revision, sub), &self.read_options())
+            .map_err(db_error)?
+            .ok_or_else(|| KvError::Internal(format!("mvcc: no history row for revision {revision}.{sub}")))?;
+        decode(&raw)
+    }
+
+    /// The key-value of a live key met by `scan_latest`, its value read only
+    /// when `with_value`.
+    pub fn live_kv(&self, key: &[u8], live: Live<'_>, with_value: bool) -> Result<KeyValue, KvError> {
+        let (mut kv, sub) = live.without_value(key)?;
+        if let (true, Some(sub)) = (with_value, sub) {
+            kv.value = self.event(kv.mod_revision, sub)?.kv.value;
+        }
+        Ok(kv)
     }
 
     /// Visits the live keys of `[start, end)` at the view's revision in key
-    /// order until `visit` returns false.
+    /// order until `visit` returns false. No value is read here.
     pub fn scan_latest(
         &self,
         start: &[u8],
         end: &RangeEnd,
-        mut visit: impl FnMut(&[u8], &Stored) -> bool,
+        mut visit: impl FnMut(&[u8], Live<'_>) -> Result<bool, KvError>,
     ) -> Result<(), KvError> {
-        if let RangeEnd::Single = end {
-            if let Some(s) = self.get_latest(start)? {
-                visit(start, &s);
-            }
-            return Ok(());
-        }
         let mut ro = self.read_options();
-        if let RangeEnd::Before(e) = end {
-            if e.as_slice() <= start {
+        let pending_end = match end {
+            RangeEnd::Single => {
+                if let Some(pending) = self.overlay.get(start) {
+                    if let Some(s) = pending {
+                        visit(start, Live::Pending(s))?;
+                    }
+                    return Ok(());
+                }
+                let raw = self.db.get_cf_opt(self.cf(Cfs::LATEST), start, &ro).map_err(db_error)?;
+                if let Some(raw) = raw {
+                    visit(start, Live::Written(&raw))?;
+                }
                 return Ok(());
             }
-            ro.set_iterate_upper_bound(e.clone());
-        }
-        let mut pending = self
-            .overlay
-            .range(start.to_vec()..)
-            .filter(|(k, _)| end.contains(start, k))
-            .peekable();
-        let iter = self.db.iterator_cf_opt(self.cf(Cfs::LATEST), ro, IteratorMode::From(start, Direction::Forward));
-        for item in iter {
-            let (k, v) = item.map_err(db_error)?;
+            RangeEnd::Before(e) if e.as_slice() <= start => return Ok(()),
+            RangeEnd::Before(e) => {
+                ro.set_iterate_upper_bound(e.clone());
+                Bound::Excluded(e.clone())
+            }
+            RangeEnd::Unbounded => Bound::Unbounded,
+        };
+        let mut pending = self.overlay.range((Bound::Included(start.to_vec()), pending_end)).peekable();
+        let mut rows = self.db.raw_iterator_cf_opt(self.cf(Cfs::LATEST), ro);
+        rows.seek(start);
+        while let (Some(k), Some(v)) = (rows.key(), rows.value()) {
             // Overlay keys that sort before this one are new keys of this command.
-            while let Some((ok, ov)) = pending.next_if(|(ok, _)| ok.as_slice() < &*k) {
+            while let Some((ok, ov)) = pending.next_if(|(ok, _)| ok.as_slice() < k) {
                 if let Some(s) = ov {
-                    if !visit(ok, s) {
+                    if !visit(ok, Live::Pending(s))? {
                         return Ok(());
                     }
                 }
             }
-            let shadow = pending.next_if(|(ok, _)| ok.as_slice() == &*k);
-            let keep_going = match shadow {
-                Some((_, Some(s))) => visit(&k, s),
+            let keep_going = match pending.next_if(|(ok, _)| ok.as_slice() == k) {
+                Some((_, Some(s))) => visit(k, Live::Pending(s))?,
                 Some((_, None)) => true,
-                None => visit(&k, &decode(&v)?),
+                None => visit(k, Live::Written(v))?,
             };
             if !keep_going {
                 return Ok(());
             }
+            rows.next();
         }
+        rows.status().map_err(db_error)?;
         for (ok, ov) in pending {
             if let Some(s) = ov {
-                if !visit(ok, s) {
+                if !visit(ok, Live::Pending(s))? {
                     break;
                 }
             }
@@ -125,70 +180,89 @@ impl<'a> View<'a> {
         Ok(())
     }
 
-    /// The key's state at `revision`, if it existed then (and is not compacted away).
+    /// The key's state at `revision`, if it existed then (and is not
+    /// compacted away): one seek to its newest version at or below it.
     pub fn get_at(&self, key: &[u8], revision: i64) -> Result<Option<KeyValue>, KvError> {
-        let mut found = None;
-        if revision > 0 {
-            self.scan_at(key, &RangeEnd::Single, revision, |kv| {
-                found = Some(kv);
-                false
-            })?;
+        if revision <= 0 {
+            return Ok(None);
         }
-        Ok(found)
+        let mut ro = self.read_options();
+        ro.set_iterate_lower_bound(keys::index_key(key, 0));
+        let mut versions = self.db.raw_iterator_cf_opt(self.cf(Cfs::INDEX), ro);
+        versions.seek_for_prev(keys::index_key(key, revision));
+        let found = match (versions.key(), versions.value()) {
+            (Some(k), Some(v)) => match keys::split_index_key(k)? {
+                (esc, rev) if esc == keys::escape_key(key).as_slice() => Some((rev, keys::parse_index_value(v)?)),
+                _ => None,
+            },
+            _ => None,
+        };
+        versions.status().map_err(db_error)?;
+        match found {
+            Some((rev, (sub, false))) => Ok(Some(self.event(rev, sub)?.kv)),
+            _ => Ok(None),
+        }
     }
 
-    /// The key-values of `[start, end)` as they were at `revision`, read from the
-    /// history through the per-key index.
+    /// Visits, in key order, the keys of `[start, end)` that were live at
+    /// `revision`, as the (revision, sub) of their version then, until
+    /// `visit` returns false. Reads only the per-key index: a key's versions
+    /// above `revision` are skipped with one seek, and a long run of versions
+    /// below it with another, so the cost follows the keys, not their history.
     fn scan_at(
         &self,
         start: &[u8],
         end: &RangeEnd,
         revision: i64,
-        mut visit: impl FnMut(KeyValue) -> bool,
+        mut visit: impl FnMut(i64, u32) -> Result<bool, KvError>,
     ) -> Result<(), KvError> {
+        /// Versions of one key stepped through before seeking to the newest.
+        const WALK: usize = 8;
         let mut ro = self.read_options();
         match end {
             RangeEnd::Single => ro.set_iterate_upper_bound(keys::index_key(start, i64::MAX)),
             RangeEnd::Before(e) => ro.set_iterate_upper_bound(keys::index_key(e, 0)),
             RangeEnd::Unbounded => {}
         }
-        let from = keys::index_key(start, 0);
-        let iter = self.db.iterator_cf_opt(self.cf(Cfs::INDEX), ro, IteratorMode::From(&from, Direction::Forward));
-        // (escaped key, newest (revision, sub, tombstone) at or below `revision`)
-        let mut group: Option<(Vec<u8>, Option<(i64, u32, bool)>)> = None;
-        let mut emit = |g: Option<(Vec<u8>, Option<(i64, u32, bool)>)>| -> Result<bool, KvError> {
-            match g {
-                Some((_, Some((rev, sub, false)))) => {
-                    let raw = self
-                        .db
-                        .get_cf_opt(self.cf(Cfs::HISTORY), keys::history_key(rev, sub), &self.read_options())
-                        .map_err(db_error)?
-                        .ok_or_else(|| KvError::Internal("mvcc: index points at missing history".into()))?;
-                    let event: keys::Event = decode(&raw)?;
-                    Ok(visit(event.kv))
+        let mut index = self.db.raw_iterator_cf_opt(self.cf(Cfs::INDEX), ro);
+        index.seek(keys::index_key(start, 0));
+        let mut escaped = Vec::new();
+        while let Some(first) = index.key() {
+            escaped.clear();
+            escaped.extend_from_slice(keys::split_index_key(first)?.0);
+            // This key's newest (revision, sub, is a deletion) at or below `revision`.
+            let mut newest = None;
+            let mut walked = 0;
+            while let (Some(k), Some(v)) = (index.key(), index.value()) {
+                let (esc, rev) = keys::split_index_key(k)?;
+                if esc != escaped.as_slice() {
+                    break;
                 }
-                _ => Ok(true),
+                if rev > revision {
+                    index.seek(keys::past_versions(&escaped));
+                    break;
+                }
+                let (sub, deleted) = keys::parse_index_value(v)?;
+                newest = Some((rev, sub, deleted));
+                walked += 1;
+                if walked == WALK {
+                    index.seek_for_prev(keys::escaped_index_key(escaped.clone(), revision));
+                } else {
+                    index.next();
+                }
             }
-        };
-        for item in iter {
-            let (k, v) = item.map_err(db_error)?;
-            let (esc, rev) = keys::split_index_key(&k)?;
-            let same_key = matches!(&group, Some((g, _)) if g.as_slice() == esc);
-            if !same_key && !emit(group.take())? {
-                return Ok(());
-            }
-            let entry = group.get_or_insert_with(|| (esc.to_vec(), None));
-            if rev <= revision {
-                let (sub, tombstone) = keys::parse_index_value(&v)?;
-                entry.1 = Some((rev, sub, tombstone));
+            if let Some((rev, sub, false)) = newest {
+                if !visit(rev, sub)? {
+                    return Ok(());
+                }
             }
         }
-        emit(group)?;
-        Ok(())
+        index.status().map_err(db_error)
     }
 
     /// etcd's Range: count is the number of keys in the range before filters;
-    /// with sorting or filters every key is read, otherwise `limit` + 1.
+    /// with sorting every key is read, otherwise `limit` + 1 of those that
+    /// pass the filters. Values are read only for the keys returned.
     pub fn range(&self, args: &RangeArgs) -> Result<RangeResult, KvError> {
         let at = self.check_revision(args.revision)?;
         let end = RangeEnd::of(&args.range_end);
@@ -198,45 +272,49 @@ impl<'a> View<'a> {
             (SortOrder::Ascend, SortTarget::Key) => SortOrder::None,
             (order, _) => order,
         };
-        let filtered = args.min_mod_revision != 0
-            || args.max_mod_revision != 0
-            || args.min_create_revision != 0
-            || args.max_create_revision != 0;
-        let keep = if sort_order != SortOrder::None || filtered || args.limit <= 0 {
-            usize::MAX
-        } else {
-            args.limit as usize + 1
+        let keep = if sort_order != SortOrder::None || args.limit <= 0 { usize::MAX } else { args.limit as usize + 1 };
+        let passes = |kv: &KeyValue| {
+            (args.max_mod_revision == 0 || kv.mod_revision <= args.max_mod_revision)
+                && (args.min_mod_revision == 0 || kv.mod_revision >= args.min_mod_revision)
+                && (args.max_create_revision == 0 || kv.create_revision <= args.max_create_revision)
+                && (args.min_create_revision == 0 || kv.create_revision >= args.min_create_revision)
         };
-        let mut kvs = Vec::new();
+        // The key-values kept, each with the sub-revision of the history row
+        // its value is still to be read from.
+        let mut kvs: Vec<(KeyValue, Option<u32>)> = Vec::new();
         let mut count: i64 = 0;
         if at == self.revision {
-            self.scan_latest(&args.key, &end, |k, s| {
+            self.scan_latest(&args.key, &end, |k, live| {
                 count += 1;
                 if !args.count_only && kvs.len() < keep {
-                    kvs.push(s.clone().into_kv(k.to_vec()));
+                    let (kv, sub) = live.without_value(k)?;
+                    if passes(&kv) {
+                        kvs.push((kv, sub));
+                    }
                 }
-                true
+                Ok(true)
             })?;
         } else {
-            self.scan_at(&args.key, &end, at, |kv| {
+            self.scan_at(&args.key, &end, at, |rev, sub| {
                 count += 1;
                 if !args.count_only && kvs.len() < keep {
-                    kvs.push(kv);
+                    let kv = self.event(rev, sub)?.kv;
+                    if passes(&kv) {
+                        kvs.push((kv, None));
+                    }
                 }
-                true
+                Ok(true)
             })?;
         }
         if args.count_only {
             return Ok(RangeResult { kvs: Vec::new(), more: false, count });
         }
-        kvs.retain(|kv| {
-            (args.max_mod_revision == 0 || kv.mod_revision <= args.max_mod_revision)
-                && (args.min_mod_revision == 0 || kv.mod_revision >= args.min_mod_revision)
-                && (args.max_create_revision == 0 || kv.create_revision <= args.max_create_revision)
-                && (args.min_create_revision == 0 || kv.create_revision >= args.min_create_revision)
-        });
+        let by_value = sort_order != SortOrder::None && args.sort_target == SortTarget::Value;
+        if by_value {
+            self.read_values(&mut kvs)?;
+        }
         if sort_order != SortOrder::None {
-            let by_target = |a: &KeyValue, b: &KeyValue| match args.sort_target {
+            let by_target = |(a, _): &(KeyValue, _), (b, _): &(KeyValue, _)| match args.sort_target {
                 SortTarget::Key => a.key.cmp(&b.key),
                 SortTarget::Version => a.version.cmp(&b.version),
                 SortTarget::Create => a.create_revision.cmp(&b.create_revision),
@@ -255,9 +333,21 @@ impl<'a> View<'a> {
             more = true;
         }
         if args.keys_only {
-            kvs.iter_mut().for_each(|kv| kv.value.clear());
+            kvs.iter_mut().for_each(|(kv, _)| kv.value.clear());
+        } else {
+            self.read_values(&mut kvs)?;
         }
-        Ok(RangeResult { kvs, more, count })
+        Ok(RangeResult { kvs: kvs.into_iter().map(|(kv, _)| kv).collect(), more, count })
+    }
+
+    /// Fills in the values still to be read.
+    fn read_values(&self, kvs: &mut [(KeyValue, Option<u32>)]) -> Result<(), KvError> {
+        for (kv, sub) in kvs {
+            if let Some(sub) = sub.take() {
+                kv.value = self.event(kv.mod_revision, sub)?.kv.value;
+            }
+        }
+        Ok(())
     }
 
     /// Resolves a requested revision (0 = current) against what the store holds.
@@ -280,4 +370,143 @@ pub fn decode<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, KvError> 
 
 pub fn db_error(e: rocksdb::Error) -> KvError {
     KvError::Internal(format!("storage: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemberBudget;
+    use crate::store::types::{Command, DeleteArgs, Op, OpResult, PutArgs, TxnArgs};
+    use crate::store::Store;
+
+    fn open(dir: &std::path::Path) -> Store {
+        Store::open(&dir.join("db"), &MemberBudget::default().state).unwrap()
+    }
+
+    fn write(store: &Store, op: Op) -> OpResult {
+        store.apply(Some(&Command::Write(op)), b"", None).unwrap().0.outcome.unwrap()
+    }
+
+    fn put(store: &Store, key: &str, value: &str) {
+        write(store, Op::Put(PutArgs { key: key.into(), value: value.into(), ..Default::default() }));
+    }
+
+    fn range(store: &Store, args: RangeArgs) -> RangeResult {
+        store.range(&args).unwrap().0
+    }
+
+    fn all(revision: i64, limit: i64) -> RangeArgs {
+        RangeArgs { key: b"k".to_vec(), range_end: b"l".to_vec(), revision, limit, ..Default::default() }
+    }
+
+    fn pairs(result: &RangeResult) -> Vec<(String, String)> {
+        let text = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
+        result.kvs.iter().map(|kv| (text(&kv.key), text(&kv.value))).collect()
+    }
+
+    /// Removes the history row holding the value of `key` as of now, so that
+    /// any read of that value fails.
+    fn lose_value(store: &Store, key: &str) {
+        let kv = &range(store, RangeArgs { key: key.into(), ..Default::default() }).kvs[0];
+        let latest: Latest = decode(&store.db.get_cf(Cfs::handle(&store.db, Cfs::LATEST), key).unwrap().unwrap()).unwrap();
+        store.db.delete_cf(Cfs::handle(&store.db, Cfs::HISTORY), keys::history_key(kv.mod_revision, latest.sub)).unwrap();
+    }
+
+    #[test]
+    fn a_limited_range_reads_only_the_values_it_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        for i in 0..10 {
+            put(&store, &format!("k{i}"), &format!("v{i}"));
+        }
+        let old = store.revision();
+        for i in 0..10 {
+            put(&store, &format!("k{i}"), &format!("w{i}"));
+        }
+        // Keys past the page, at the current revision, have no readable value any more.
+        for i in 3..10 {
+            lose_value(&store, &format!("k{i}"));
+        }
+        let page = range(&store, all(0, 3));
+        assert_eq!(pairs(&page), [("k0", "w0"), ("k1", "w1"), ("k2", "w2")].map(|(k, v)| (k.into(), v.into())));
+        assert!(page.more);
+        assert_eq!(page.count, 10);
+        let keys_only = range(&store, RangeArgs { keys_only: true, ..all(0, 0) });
+        assert_eq!(keys_only.kvs.len(), 10);
+        assert!(keys_only.kvs.iter().all(|kv| kv.value.is_empty() && kv.version == 2));
+        let sorted = range(&store, RangeArgs { sort_order: SortOrder::Ascend, sort_target: SortTarget::Mod, ..all(0, 2) });
+        assert_eq!(pairs(&sorted), [("k0", "w0"), ("k1", "w1")].map(|(k, v)| (k.into(), v.into())), "sorted, then read");
+        let newest = RangeArgs { sort_order: SortOrder::Descend, sort_target: SortTarget::Mod, keys_only: true, ..all(0, 2) };
+        let keys: Vec<_> = range(&store, newest).kvs.into_iter().map(|kv| kv.key).collect();
+        assert_eq!(keys, [b"k9".to_vec(), b"k8".to_vec()]);
+        assert_eq!(range(&store, RangeArgs { count_only: true, ..all(0, 0) }).count, 10);
+        // Reading what was lost is an error, not an empty value.
+        assert!(store.range(&all(0, 4)).is_err());
+
+        // At the older revision, the page reads its own values only.
+        let page = range(&store, all(old, 2));
+        assert_eq!(pairs(&page), [("k0", "v0"), ("k1", "v1")].map(|(k, v)| (k.into(), v.into())));
+        assert_eq!((page.count, page.more), (10, true));
+    }
+
+    #[test]
+    fn old_revisions_see_each_keys_version_then_across_long_histories() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        // "ka" gets 30 versions, "kb" is deleted and made again, "kc" comes late.
+        let mut revisions = Vec::new();
+        for i in 0..30 {
+            put(&store, "ka", &i.to_string());
+            revisions.push(store.revision());
+        }
+        put(&store, "kb", "first");
+        let kb_first = store.revision();
+        write(&store, Op::Delete(DeleteArgs { key: b"kb".to_vec(), ..Default::default() }));
+        let kb_gone = store.revision();
+        put(&store, "kb", "second");
+        put(&store, "kc", "late");
+        for (i, &revision) in revisions.iter().enumerate() {
+            let result = range(&store, all(revision, 0));
+            assert_eq!(pairs(&result), vec![("ka".to_string(), i.to_string())], "at {revision}");
+            let kv = store.snapshot_view().unwrap().get_at(b"ka", revision).unwrap().unwrap();
+            assert_eq!((kv.value, kv.version), (i.to_string().into_bytes(), i as i64 + 1));
+        }
+        let at = |revision| pairs(&range(&store, all(revision, 0)));
+        let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+        assert_eq!(at(kb_first), [pair("ka", "29"), pair("kb", "first")]);
+        assert_eq!(at(kb_gone), [pair("ka", "29")]);
+        assert_eq!(at(kb_gone + 1), [pair("ka", "29"), pair("kb", "second")]);
+        assert_eq!(at(0), [pair("ka", "29"), pair("kb", "second"), pair("kc", "late")]);
+        assert_eq!(range(&store, RangeArgs { count_only: true, ..all(kb_gone, 0) }).count, 1);
+        let view = store.snapshot_view().unwrap();
+        assert_eq!(view.get_at(b"kb", kb_gone).unwrap(), None, "a deletion");
+        assert_eq!(view.get_at(b"kc", kb_gone).unwrap(), None, "not made yet");
+        assert_eq!(view.get_at(b"k", kb_gone).unwrap(), None, "a prefix of another key");
+    }
+
+    #[test]
+    fn a_txn_reads_its_own_writes_among_the_stored_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        put(&store, "kb", "stored");
+        put(&store, "kd", "stored");
+        let txn = TxnArgs {
+            compare: Vec::new(),
+            success: vec![
+                Op::Put(PutArgs { key: b"ka".to_vec(), value: b"new".to_vec(), ..Default::default() }),
+                Op::Delete(DeleteArgs { key: b"kb".to_vec(), ..Default::default() }),
+                Op::Put(PutArgs { key: b"kc".to_vec(), value: b"new".to_vec(), ..Default::default() }),
+                Op::Range(RangeArgs { limit: 2, ..all(0, 0) }),
+                Op::Range(all(0, 0)),
+            ],
+            failure: Vec::new(),
+        };
+        let OpResult::Txn { responses, .. } = write(&store, Op::Txn(txn)) else { panic!("a txn") };
+        let ranges: Vec<_> = responses.iter().filter_map(|r| if let OpResult::Range(r) = r { Some(r) } else { None }).collect();
+        let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+        assert_eq!(pairs(ranges[0]), [pair("ka", "new"), pair("kc", "new")]);
+        assert_eq!((ranges[0].count, ranges[0].more), (3, true));
+        assert_eq!(pairs(ranges[1]), [pair("ka", "new"), pair("kc", "new"), pair("kd", "stored")]);
+        assert_eq!(pairs(&range(&store, all(0, 0))), [pair("ka", "new"), pair("kc", "new"), pair("kd", "stored")]);
+    }
 }
