@@ -47,6 +47,8 @@ pub struct Metrics {
     peers: Mutex<HashMap<u64, Arc<PeerMeters>>>,
     pub client_grpc_sent_bytes: IntCounter,
     pub client_grpc_received_bytes: IntCounter,
+    /// Where a member's bounded memory goes, by part (cairn's own).
+    pub memory_bytes: IntGaugeVec,
 }
 
 fn registered<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: prometheus::Result<M>) -> M {
@@ -148,6 +150,13 @@ impl Metrics {
             peers: Mutex::default(),
             client_grpc_sent_bytes: counter(network("client_grpc_sent_bytes_total", "The total number of bytes sent to grpc clients.")),
             client_grpc_received_bytes: counter(network("client_grpc_received_bytes_total", "The total number of bytes received from grpc clients.")),
+            memory_bytes: registered(
+                &r,
+                IntGaugeVec::new(
+                    opts("cairn", "", "memory_bytes", "Bytes held now by each part of the member's memory budget (--memory-budget-bytes)."),
+                    &["part"],
+                ),
+            ),
             registry: r,
         }
     }

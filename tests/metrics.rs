@@ -75,6 +75,14 @@ fn metrics_have_etcds_names_and_grow_with_the_work() {
     assert!(value(&after, "etcd_mvcc_db_total_size_in_use_in_bytes{}") > 0.0);
     assert!(value(&after, "etcd_network_client_grpc_received_bytes_total{}") > 20.0 * 4.0);
     assert!(value(&after, "etcd_network_client_grpc_sent_bytes_total{}") > 20.0 * 4.0);
+    // Where the memory budget goes: the puts are in the state's and the
+    // log's memtables and in the watch history, none of it yet in a cache.
+    let part = |name: &str| value(&after, &format!("cairn_memory_bytes{{part=\"{name}\"}}"));
+    for written in ["state_memtables", "log_memtables"] {
+        assert!(part(written) > 0.0, "{written} holds the puts");
+    }
+    assert!(part("watch_history") >= 20.0 * 3.0, "twenty changes of k<i>=v are kept for watchers");
+    assert!(part("state_block_cache") >= 0.0 && part("log_block_cache") >= 0.0);
 
     let watchers = || value(&scrape(&metrics), "etcd_mvcc_watcher_total{}");
     assert_eq!(watchers(), 0.0);

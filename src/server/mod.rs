@@ -145,6 +145,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         member_id,
         cluster_id,
         client_urls: config.advertise_client_urls.clone(),
+        memory,
         limits: Limits {
             max_request_bytes: config.max_request_bytes,
             max_txn_ops: config.max_txn_ops,

@@ -12,6 +12,7 @@ use crate::metrics::METRICS;
 use crate::raft::Consensus;
 use crate::store::types::{Command, CommandResult, KvError, OpResult, RangeArgs, RangeResult, TxnArgs};
 use crate::store::maintenance::ALARM_NOSPACE;
+use crate::store::memory::MemberBudget;
 use crate::store::Store;
 use crate::lease::Lessor;
 use crate::watch::Hub;
@@ -30,6 +31,8 @@ pub struct Node {
     pub member_id: u64,
     pub cluster_id: u64,
     pub client_urls: Vec<String>,
+    /// What the databases' memory is bounded by, and how much of it is held.
+    pub memory: MemberBudget,
     pub limits: Limits,
     pub store: Arc<Store>,
     pub hub: Arc<Hub>,

@@ -10,10 +10,25 @@
 
 use rocksdb::{BlockBasedIndexType, BlockBasedOptions, Cache, Options, WriteBufferManager};
 
+/// One database's memory: its memtables' budget and its block cache, shared
+/// by its column families and kept here to report what they hold.
 pub struct MemoryBudget {
-    /// For the memtables of all column families together.
-    pub memtables: usize,
-    pub block_cache: usize,
+    memtables: WriteBufferManager,
+    block_cache: Cache,
+}
+
+impl MemoryBudget {
+    fn of(memtables: usize, block_cache: usize) -> MemoryBudget {
+        MemoryBudget {
+            memtables: WriteBufferManager::new_write_buffer_manager(memtables, false),
+            block_cache: Cache::new_lru_cache(block_cache),
+        }
+    }
+
+    /// Bytes held now: (memtables, block cache).
+    pub fn usage(&self) -> (usize, usize) {
+        (self.memtables.get_usage(), self.block_cache.get_usage())
+    }
 }
 
 const MIB: u64 = 1024 * 1024;
@@ -39,8 +54,8 @@ impl MemberBudget {
     pub fn of(bytes: u64) -> MemberBudget {
         let sixteenth = (bytes / 16) as usize;
         MemberBudget {
-            state: MemoryBudget { memtables: 6 * sixteenth, block_cache: 3 * sixteenth },
-            log: MemoryBudget { memtables: 2 * sixteenth, block_cache: sixteenth },
+            state: MemoryBudget::of(6 * sixteenth, 3 * sixteenth),
+            log: MemoryBudget::of(2 * sixteenth, sixteenth),
             watch_history: 4 * sixteenth,
         }
     }
@@ -57,11 +72,11 @@ pub fn bounded_options(budget: &MemoryBudget) -> Options {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
-    opts.set_write_buffer_manager(&WriteBufferManager::new_write_buffer_manager(budget.memtables, false));
+    opts.set_write_buffer_manager(&budget.memtables);
     // A memtable may take half the budget: one fills while another flushes.
-    opts.set_write_buffer_size(budget.memtables / 2);
+    opts.set_write_buffer_size(budget.memtables.get_buffer_size() / 2);
     let mut tables = BlockBasedOptions::default();
-    tables.set_block_cache(&Cache::new_lru_cache(budget.block_cache));
+    tables.set_block_cache(&budget.block_cache);
     // Partitioned indexes: a lookup brings a 4 KiB partition into the cache,
     // not the whole index of a 64 MiB file; the small top level stays put.
     tables.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);

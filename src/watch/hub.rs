@@ -56,6 +56,11 @@ impl Hub {
         self.applied.send_replace(revision);
     }
 
+    /// Bytes of changes kept now.
+    pub fn kept_bytes(&self) -> usize {
+        self.recent.read().unwrap_or_else(|p| p.into_inner()).bytes
+    }
+
     /// The newest revision applied to the store.
     pub fn revision(&self) -> i64 {
         *self.applied.borrow()

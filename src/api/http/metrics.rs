@@ -29,5 +29,16 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     METRICS.db_total_size_bytes.set(size);
     METRICS.db_in_use_bytes.set(size);
     METRICS.keys.set(node.store.estimated_keys() as i64);
+    let (state_memtables, state_cache) = node.memory.state.usage();
+    let (log_memtables, log_cache) = node.memory.log.usage();
+    for (part, bytes) in [
+        ("state_memtables", state_memtables),
+        ("state_block_cache", state_cache),
+        ("log_memtables", log_memtables),
+        ("log_block_cache", log_cache),
+        ("watch_history", node.hub.kept_bytes()),
+    ] {
+        METRICS.memory_bytes.with_label_values(&[part]).set(bytes as i64);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], METRICS.render())
 }
