@@ -25,18 +25,22 @@ wait_healthy() {
   echo "server on :$1 did not become healthy" >&2; exit 1
 }
 
+# Member i of a cluster of $members: kind$i, client port base+10i, peer port base+10i+1.
+start_member() { # kind binary base_port i
+  local kind=$1 binary=$2 base=$3 i=$4 cluster="" j
+  for j in $(seq "$members"); do cluster+="${cluster:+,}$kind$j=http://127.0.0.1:$((base + 10 * j + 1))"; done
+  local c=$((base + 10 * i)) p=$((base + 10 * i + 1))
+  "$binary" --name "$kind$i" --data-dir "$work/$kind$i" \
+    --listen-client-urls "$client_scheme://127.0.0.1:$c" --advertise-client-urls "$client_scheme://127.0.0.1:$c" \
+    --listen-peer-urls "http://127.0.0.1:$p" --initial-advertise-peer-urls "http://127.0.0.1:$p" \
+    --initial-cluster "$cluster" --initial-cluster-token "bench-$kind" "${tls_flags[@]}" >>"$work/$kind$i.log" 2>&1 &
+  pids[i - 1]=$!
+}
+
 start_cluster() { # kind binary base_port
-  local kind=$1 binary=$2 base=$3 cluster="" i
-  for i in $(seq "$members"); do cluster+="${cluster:+,}$kind$i=http://127.0.0.1:$((base + 10 * i + 1))"; done
-  for i in $(seq "$members"); do
-    local c=$((base + 10 * i)) p=$((base + 10 * i + 1))
-    "$binary" --name "$kind$i" --data-dir "$work/$kind$i" \
-      --listen-client-urls "$client_scheme://127.0.0.1:$c" --advertise-client-urls "$client_scheme://127.0.0.1:$c" \
-      --listen-peer-urls "http://127.0.0.1:$p" --initial-advertise-peer-urls "http://127.0.0.1:$p" \
-      --initial-cluster "$cluster" --initial-cluster-token "bench-$kind" "${tls_flags[@]}" >"$work/$kind$i.log" 2>&1 &
-    pids+=($!)
-  done
-  for i in $(seq "$members"); do wait_healthy $((base + 10 * i)); done
+  local i
+  for i in $(seq "$members"); do start_member "$@" "$i"; done
+  for i in $(seq "$members"); do wait_healthy $(($3 + 10 * i)); done
 }
 
 leader_endpoint() { # base_port
