@@ -43,7 +43,7 @@ impl<'a> Execution<'a> {
                 // are in the overlay at the revision they will have.
                 let saved = self.view.revision;
                 self.view.revision = self.revision();
-                let result = self.view.range(args);
+                let result = self.view.range(args, None);
                 self.view.revision = saved;
                 Ok(OpResult::Range(result?))
             }

@@ -9,6 +9,7 @@ mod layout;
 pub mod log;
 pub mod maintenance;
 pub mod memory;
+mod pages;
 pub mod types;
 mod view;
 
@@ -95,6 +96,7 @@ pub struct Store {
     installing: AtomicBool,
     /// The auth state as last applied, for checks that must not read the database.
     pub auth: Registry,
+    pages: pages::PageCounts,
 }
 
 /// The state database's options, for its column families and the table
@@ -121,6 +123,7 @@ impl Store {
             corrupt: AtomicBool::new(false),
             installing: AtomicBool::new(false),
             auth: Registry::new(AuthState::default()),
+            pages: Default::default(),
         };
         let failed = |e| OpenError { path: dir.display().to_string(), reason: detail(e) };
         store.check_layout().map_err(failed)?;
@@ -178,7 +181,7 @@ impl Store {
     /// A Range at the local applied state; returns the result and the revision it was read at.
     pub fn range(&self, args: &RangeArgs) -> Result<(RangeResult, i64), KvError> {
         let view = self.snapshot_view()?;
-        let result = view.range(args)?;
+        let result = view.range(args, Some(&self.pages))?;
         Ok((result, view.revision))
     }
 

@@ -8,6 +8,7 @@ use rocksdb::{ReadOptions, DB};
 
 use super::keys::{self, Latest, Stored};
 use super::types::{KeyValue, KvError, RangeArgs, RangeResult, SortOrder, SortTarget};
+use super::pages::PageCounts;
 use super::Cfs;
 
 /// Writes of the current command not yet in RocksDB: `None` is a deletion.
@@ -262,8 +263,10 @@ impl<'a> View<'a> {
 
     /// etcd's Range: count is the number of keys in the range before filters;
     /// with sorting every key is read, otherwise `limit` + 1 of those that
-    /// pass the filters. Values are read only for the keys returned.
-    pub fn range(&self, args: &RangeArgs) -> Result<RangeResult, KvError> {
+    /// pass the filters. Values are read only for the keys returned. With
+    /// `pages`, the next page of a plain paginated read is counted from this
+    /// one's count instead of read to the end of the range again.
+    pub fn range(&self, args: &RangeArgs, pages: Option<&PageCounts>) -> Result<RangeResult, KvError> {
         let at = self.check_revision(args.revision)?;
         let end = RangeEnd::of(&args.range_end);
         let sort_order = match (args.sort_order, args.sort_target) {
@@ -273,6 +276,13 @@ impl<'a> View<'a> {
             (order, _) => order,
         };
         let keep = if sort_order != SortOrder::None || args.limit <= 0 { usize::MAX } else { args.limit as usize + 1 };
+        let filtered = args.min_mod_revision != 0
+            || args.max_mod_revision != 0
+            || args.min_create_revision != 0
+            || args.max_create_revision != 0;
+        // A page of a plain paginated read: every key from `key` on is returned up to the limit.
+        let pages = pages.filter(|_| keep != usize::MAX && !filtered && !args.count_only && !args.range_end.is_empty());
+        let known_count = pages.and_then(|p| p.count(&args.key, &args.range_end, at));
         let passes = |kv: &KeyValue| {
             (args.max_mod_revision == 0 || kv.mod_revision <= args.max_mod_revision)
                 && (args.min_mod_revision == 0 || kv.mod_revision >= args.min_mod_revision)
@@ -292,7 +302,7 @@ impl<'a> View<'a> {
                         kvs.push((kv, sub));
                     }
                 }
-                Ok(true)
+                Ok(known_count.is_none() || kvs.len() < keep)
             })?;
         } else {
             self.scan_at(&args.key, &end, at, |rev, sub| {
@@ -303,8 +313,12 @@ impl<'a> View<'a> {
                         kvs.push((kv, None));
                     }
                 }
-                Ok(true)
+                Ok(known_count.is_none() || kvs.len() < keep)
             })?;
+        }
+        let count = known_count.unwrap_or(count);
+        if let (Some(pages), Some((last, _))) = (pages, kvs.get(keep - 1).and(kvs.get(keep - 2))) {
+            pages.remember(&last.key, &args.range_end, at, count - (keep as i64 - 1));
         }
         if args.count_only {
             return Ok(RangeResult { kvs: Vec::new(), more: false, count });
@@ -508,5 +522,60 @@ mod tests {
         assert_eq!((ranges[0].count, ranges[0].more), (3, true));
         assert_eq!(pairs(ranges[1]), [pair("ka", "new"), pair("kc", "new"), pair("kd", "stored")]);
         assert_eq!(pairs(&range(&store, all(0, 0))), [pair("ka", "new"), pair("kc", "new"), pair("kd", "stored")]);
+    }
+
+    /// Every page of a LIST of `[k, l)` at `revision` in pages of `limit`,
+    /// as Kubernetes reads it: (count, more, keys) of each page.
+    fn list(store: &Store, revision: i64, limit: i64) -> Vec<(i64, bool, Vec<Vec<u8>>)> {
+        let (mut key, mut pages) = (b"k".to_vec(), Vec::new());
+        loop {
+            let page = range(store, RangeArgs { key: key.clone(), ..all(revision, limit) });
+            let keys: Vec<_> = page.kvs.iter().map(|kv| kv.key.clone()).collect();
+            if let Some(last) = keys.last() {
+                key = [last.as_slice(), b"\0"].concat();
+            }
+            pages.push((page.count, page.more, keys));
+            if !page.more {
+                return pages;
+            }
+        }
+    }
+
+    #[test]
+    fn pages_of_a_list_are_counted_from_the_page_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        for i in 0..1200 {
+            put(&store, &format!("k{i:04}"), "old");
+        }
+        let listed_at = store.revision();
+        let expected = |revision| {
+            let pages = list(&store, revision, 500);
+            let counts: Vec<_> = pages.iter().map(|(count, more, keys)| (*count, *more, keys.len())).collect();
+            assert_eq!(counts, [(1200, true, 500), (700, true, 500), (200, false, 200)]);
+            let keys: Vec<_> = pages.into_iter().flat_map(|(_, _, keys)| keys).collect();
+            assert_eq!(keys, (0..1200).map(|i| format!("k{i:04}").into_bytes()).collect::<Vec<_>>());
+        };
+        expected(0);
+        // Writes after the list began: its pages stay as they were at its revision.
+        for i in (0..1200).step_by(3) {
+            put(&store, &format!("k{i:04}"), "new");
+        }
+        write(&store, Op::Delete(DeleteArgs { key: b"k0700".to_vec(), ..Default::default() }));
+        expected(listed_at);
+        let page = range(&store, RangeArgs { key: b"k0500\0".to_vec(), ..all(listed_at, 2) });
+        assert_eq!(pairs(&page), [("k0501", "old"), ("k0502", "old")].map(|(k, v)| (k.into(), v.into())));
+
+        // The second page's count is the first page's less what it returned:
+        // with the last keys' rows gone, only a page that counts again sees it.
+        let now = store.revision();
+        let first = range(&store, all(now, 500));
+        assert_eq!(first.count, 1199);
+        for i in 1100..1200 {
+            store.db.delete_cf(Cfs::handle(&store.db, Cfs::LATEST), format!("k{i:04}")).unwrap();
+        }
+        let second = RangeArgs { key: [first.kvs[499].key.as_slice(), b"\0"].concat(), ..all(now, 500) };
+        assert_eq!(range(&store, second.clone()).count, 699, "counted from the first page");
+        assert_eq!(store.snapshot_view().unwrap().range(&second, None).unwrap().count, 599, "counted again");
     }
 }
