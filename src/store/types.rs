@@ -1,14 +1,20 @@
 //! The key-value domain as the state machine sees it, independent of protobuf.
 //! `api/grpc` maps etcd's messages to and from these types.
+//!
+//! Keys and values go through `serde_bytes`: postcard writes them exactly as
+//! it writes a sequence of u8 (length, then the bytes), so the log, the store
+//! and the peers see the same bytes, but as one copy instead of one call per byte.
 
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyValue {
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     pub create_revision: i64,
     pub mod_revision: i64,
     pub version: i64,
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     pub lease: i64,
 }
@@ -33,7 +39,9 @@ pub enum SortTarget {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RangeArgs {
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     pub range_end: Vec<u8>,
     pub limit: i64,
     pub revision: i64,
@@ -56,7 +64,9 @@ pub struct RangeResult {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PutArgs {
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     pub lease: i64,
     pub prev_kv: bool,
@@ -66,7 +76,9 @@ pub struct PutArgs {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeleteArgs {
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     pub range_end: Vec<u8>,
     pub prev_kv: bool,
 }
@@ -84,7 +96,7 @@ pub enum CompareTarget {
     Version(i64),
     Create(i64),
     Mod(i64),
-    Value(Vec<u8>),
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
     Lease(i64),
 }
 
@@ -92,7 +104,9 @@ pub enum CompareTarget {
 pub struct Compare {
     pub result: CompareResult,
     pub target: CompareTarget,
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     pub range_end: Vec<u8>,
 }
 
@@ -380,5 +394,30 @@ impl Op {
 impl TxnArgs {
     pub fn is_read_only(&self) -> bool {
         self.success.iter().chain(&self.failure).all(Op::is_read_only)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `KeyValue` as it was before `serde_bytes`: plain sequences of u8.
+    #[derive(Serialize)]
+    struct PlainKeyValue {
+        key: Vec<u8>,
+        create_revision: i64,
+        mod_revision: i64,
+        version: i64,
+        value: Vec<u8>,
+        lease: i64,
+    }
+
+    #[test]
+    fn bytes_are_encoded_as_they_were_before_serde_bytes() {
+        let kv = KeyValue { key: b"key".to_vec(), create_revision: 2, mod_revision: 300, version: 1, value: vec![7; 200], lease: -1 };
+        let plain = PlainKeyValue { key: kv.key.clone(), create_revision: 2, mod_revision: 300, version: 1, value: kv.value.clone(), lease: -1 };
+        let encoded = postcard::to_allocvec(&kv).unwrap();
+        assert_eq!(encoded, postcard::to_allocvec(&plain).unwrap());
+        assert_eq!(postcard::from_bytes::<KeyValue>(&encoded).unwrap(), kv);
     }
 }
