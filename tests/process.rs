@@ -28,6 +28,16 @@ fn tells_systemd_ready_and_stopping() {
     assert_eq!(&buf[..n], b"STOPPING=1");
     assert!(status.success(), "graceful stop exits 0: {status}");
     assert!(started.elapsed() < Duration::from_secs(2), "stopped in {:?}", started.elapsed());
+    // The state database's memtables were written out: its write-ahead log
+    // holds nothing for the next start to replay.
+    let db = dir.path().join("sd.etcd/member/snap/db");
+    let logs: Vec<_> = std::fs::read_dir(&db)
+        .unwrap_or_else(|e| panic!("{}: {e}", db.display()))
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+        .map(|e| (e.file_name(), e.metadata().unwrap().len()))
+        .collect();
+    assert!(!logs.is_empty() && logs.iter().all(|(_, len)| *len == 0), "write-ahead logs left: {logs:?}");
 }
 
 fn can_make_pid_namespaces() -> bool {

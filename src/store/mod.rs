@@ -371,6 +371,15 @@ impl Store {
         self.db.flush_wal(true).map_err(db_error)
     }
 
+    /// Writes every memtable out to table files and waits for it: a store
+    /// opened next has nothing to replay.
+    pub fn flush(&self) -> Result<(), KvError> {
+        for name in Cfs::ALL {
+            self.db.flush_cf(Cfs::handle(&self.db, name)).map_err(db_error)?;
+        }
+        Ok(())
+    }
+
     /// The Raft layer's applied state as last recorded by `apply`.
     pub fn raft_applied(&self) -> Result<Option<Vec<u8>>, KvError> {
         self.get_meta(keys::META_RAFT_APPLIED)
