@@ -367,12 +367,15 @@ fn a_member_replaying_old_configurations_takes_a_leader_that_joined_later() {
     let mut members = three_member_cluster(dir.path());
     let (ep1, ep2) = (members[0].endpoint(), members[1].endpoint());
     let rt = runtime();
-    // More entries than one AppendEntries carries (1024), one per put: a
+    // More entries than two AppendEntries carry (1024 each), one per put: a
     // member replaying this log stops between batches at a configuration
-    // without the later members.
+    // without the later members. Two batches would not do: openraft reports
+    // a member's configuration a moment after its log takes it, so a joining
+    // member (which takes any sender while it knows no configuration) may
+    // still report none when the second batch arrives.
     rt.block_on(async {
         let mut c = common::client(&[ep1.clone()]).await;
-        for i in 0..1500 {
+        for i in 0..2500 {
             c.put(format!("k{i}"), "v", None).await.unwrap();
         }
     });
@@ -398,7 +401,7 @@ fn a_member_replaying_old_configurations_takes_a_leader_that_joined_later() {
     let p5 = free_port();
     let added = member_add(&format!("{ep2},{}", m4.endpoint()), "m5", &format!("http://127.0.0.1:{p5}"), false);
     let m5 = joining_member(dir.path(), "m5", &added, p5);
-    let got = etcdctl_ok(&m5.endpoint(), &["get", "k1499", "--print-value-only", "--consistency=s"]);
+    let got = etcdctl_ok(&m5.endpoint(), &["get", "k2499", "--print-value-only", "--consistency=s"]);
     assert_eq!(got.trim(), "v", "m5 caught up");
     assert!(m5.log_text().contains("which a known member vouched for"), "{}", m5.log_text());
     drop(m2_member);
