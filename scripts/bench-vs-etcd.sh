@@ -80,6 +80,14 @@ max_rss() {
   echo "$max"
 }
 
+# Where a cairn leader's memory budget goes (cairn_memory_bytes), in MiB.
+record_budget() { # stage
+  [ "$kind" = cairn ] || return 0
+  curl -fs "http://$leader/metrics" | awk '/^cairn_memory_bytes/ {
+    split($1, a, "\""); printf "%s %.0f\n", a[2], $2 / 1048576 }' >"$work/parts"
+  while read -r part mib; do record cairn "memory $1: $part MiB" "$mib"; done <"$work/parts"
+}
+
 for kind in etcd cairn; do
   binary=$bin/cairn; [ "$kind" = etcd ] && binary=$(command -v etcd)
   base=23700
@@ -103,6 +111,7 @@ for kind in etcd cairn; do
   echo "$out" >"$work/$kind-watch.out"
   record "$kind" "watch put->event p99 ms" "$(echo "$out" | awk '/ 99% in / { printf "%.3f", $3 * 1000; exit }')"
   record "$kind" "memory after the request mix MiB" "$(max_rss)"
+  record_budget "after the request mix"
 
   # The Kubernetes-shaped data set.
   out=$("$bin/examples/k8s_bench" load "$leader" "$objects" "$updates")
@@ -110,12 +119,7 @@ for kind in etcd cairn; do
   out=$("$bin/examples/k8s_bench" list "$leader" 3)
   record "$kind" "list all, pages of 500 ms" "$(echo "$out" | json_field p50_ms)"
   record "$kind" "memory with the objects MiB" "$(max_rss)"
-  if [ "$kind" = cairn ]; then
-    # Where the leader's budget goes (cairn_memory_bytes), in MiB.
-    curl -fs "http://$leader/metrics" | awk '/^cairn_memory_bytes/ {
-      split($1, a, "\""); printf "%s %.0f\n", a[2], $2 / 1048576 }' >"$work/parts"
-    while read -r part mib; do record cairn "memory with the objects: $part MiB" "$mib"; done <"$work/parts"
-  fi
+  record_budget "with the objects"
   # Restart the first follower, then resume a watch there.
   for i in $(seq "$members"); do [ "127.0.0.1:$((base + 10 * i))" != "$leader" ] && break; done
   kill "${pids[i - 1]}"; wait "${pids[i - 1]}" 2>/dev/null || true
@@ -133,9 +137,9 @@ for kind in etcd cairn; do
 done
 
 echo "three members each; values of 256 bytes; objects of 1-4 KiB; $(nproc) cores; $(date -u +%F)"
-printf '%-42s %12s %12s %8s\n' figure etcd cairn cairn/etcd
+printf '%-52s %12s %12s %8s\n' figure etcd cairn cairn/etcd
 for key in "${!result[@]}"; do echo "${key#*/}"; done | sort -u | while read -r figure; do
   e=${result[etcd/$figure]:-} c=${result[cairn/$figure]:-}
   ratio=$(awk -v c="$c" -v e="$e" 'BEGIN { if (e + 0 > 0 && c != "") printf "%.2f", c / e; else print "-" }')
-  printf '%-42s %12s %12s %8s\n' "$figure" "$e" "$c" "$ratio"
+  printf '%-52s %12s %12s %8s\n' "$figure" "$e" "$c" "$ratio"
 done
