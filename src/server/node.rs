@@ -105,6 +105,15 @@ impl Node {
             self.consensus.read_barrier().await?;
         }
         self.store.auth.state().check_keys(caller.user(), &args.key, &args.range_end, Access::Read)?;
+        // One key whose rows are in memory is read here: handing it to the
+        // blocking pool and back costs more than the read (two thread
+        // wake-ups; ranges with 64 clients ran at two thirds the rate).
+        if args.range_end.is_empty() {
+            match self.store.range_in_memory(&args) {
+                Err(KvError::NeedsDisk) => {}
+                answered => return answered,
+            }
+        }
         self.on_store(move |s| s.range(&args)).await
     }
 

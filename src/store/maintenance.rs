@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 
 use super::keys;
 use super::types::KvError;
-use super::view::db_error;
+use super::view::{db_error, Reach};
 use super::{scan_prefix, Cfs, Store};
 
 /// etcd's alarm types, by their protobuf numbers.
@@ -26,7 +26,7 @@ impl Store {
     /// removed yet), so members at the same revision agree. Returns it with
     /// the revision hashed and the compact revision.
     pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64), KvError> {
-        let view = self.snapshot_view()?;
+        let view = self.snapshot_view(Reach::Disk)?;
         let revision = if revision <= 0 { view.revision } else { revision };
         if revision > view.revision {
             return Err(KvError::FutureRevision);

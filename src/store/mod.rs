@@ -23,7 +23,7 @@ use keys::{decode_i64, META_COMPACT_REVISION, META_REVISION};
 use types::{
     Change, Command, CommandResult, KvError, MemberInfo, Op, OpResult, RangeArgs, RangeResult, RevisionChanges, TxnArgs,
 };
-use view::{db_error, decode, View};
+use view::{db_error, decode, Reach, View};
 
 pub use apply::check_duplicate_keys;
 pub use view::RangeEnd;
@@ -164,30 +164,40 @@ impl Store {
 
     /// A consistent view at the current revision. The revision is read inside
     /// the snapshot so it always matches what the view sees.
-    fn snapshot_view(&self) -> Result<View<'_>, KvError> {
+    fn snapshot_view(&self, reach: Reach) -> Result<View<'_>, KvError> {
         if self.installing.load(Ordering::SeqCst) {
             return Err(KvError::InstallingSnapshot);
         }
         let snapshot = self.db.snapshot();
         let meta = Cfs::handle(&self.db, Cfs::META);
         let read = |k: &[u8]| -> Result<i64, KvError> {
-            snapshot.get_cf(meta, k).map_err(db_error)?.map_or(Ok(0), |v| decode_i64(&v))
+            snapshot.get_cf_opt(meta, k, reach.read_options()).map_err(db_error)?.map_or(Ok(0), |v| decode_i64(&v))
         };
         let revision = read(META_REVISION)?.max(1);
         let compact_revision = read(META_COMPACT_REVISION)?;
-        Ok(View { db: &self.db, snapshot: Some(snapshot), overlay: Default::default(), revision, compact_revision })
+        Ok(View { db: &self.db, snapshot: Some(snapshot), reach, overlay: Default::default(), revision, compact_revision })
     }
 
     /// A Range at the local applied state; returns the result and the revision it was read at.
     pub fn range(&self, args: &RangeArgs) -> Result<(RangeResult, i64), KvError> {
-        let view = self.snapshot_view()?;
+        self.range_reaching(args, Reach::Disk)
+    }
+
+    /// A Range answered from memory alone, or `KvError::NeedsDisk`: it never
+    /// waits for the disk, so an async worker may run it.
+    pub fn range_in_memory(&self, args: &RangeArgs) -> Result<(RangeResult, i64), KvError> {
+        self.range_reaching(args, Reach::Memory)
+    }
+
+    fn range_reaching(&self, args: &RangeArgs, reach: Reach) -> Result<(RangeResult, i64), KvError> {
+        let view = self.snapshot_view(reach)?;
         let result = view.range(args, Some(&self.pages))?;
         Ok((result, view.revision))
     }
 
     /// A Txn whose branches only read, evaluated on the local applied state.
     pub fn read_txn(&self, args: &TxnArgs) -> Result<(OpResult, i64), KvError> {
-        let mut exec = apply::Execution::new(self.snapshot_view()?);
+        let mut exec = apply::Execution::new(self.snapshot_view(Reach::Disk)?);
         let result = exec.execute(&Op::Txn(args.clone()))?;
         Ok((result, exec.revision()))
     }
@@ -206,6 +216,7 @@ impl Store {
         let view = View {
             db: &self.db,
             snapshot: None,
+            reach: Reach::Disk,
             overlay: Default::default(),
             revision: self.revision(),
             compact_revision: self.compact_revision(),
@@ -321,7 +332,7 @@ impl Store {
         max_bytes: usize,
         with_prev: bool,
     ) -> Result<(Vec<RevisionChanges>, i64), KvError> {
-        let view = self.snapshot_view()?;
+        let view = self.snapshot_view(Reach::Disk)?;
         if from < view.compact_revision {
             return Err(KvError::Compacted);
         }

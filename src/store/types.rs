@@ -248,6 +248,10 @@ pub enum KvError {
     Timeout,
     #[error("etcdserver: {0}")]
     Internal(String),
+    /// A read limited to memory (`Reach::Memory`) met data on disk; it is
+    /// retried where it may block, and never reaches a client.
+    #[error("etcdserver: storage: the read needs the disk")]
+    NeedsDisk,
     #[error("etcdserver: member not found")]
     MemberNotFound,
     #[error("etcdserver: Peer URLs already exists")]

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
-use rocksdb::{ReadOptions, DB};
+use rocksdb::{ReadOptions, ReadTier, DB};
 
 use super::keys::{self, Latest, Stored};
 use super::types::{KeyValue, KvError, RangeArgs, RangeResult, SortOrder, SortTarget};
@@ -14,9 +14,29 @@ use super::Cfs;
 /// Writes of the current command not yet in RocksDB: `None` is a deletion.
 pub type Overlay = BTreeMap<Vec<u8>, Option<Stored>>;
 
+/// Where a read may find its data: in RocksDB's memtables and block cache
+/// only (a read that would touch the disk fails with `KvError::NeedsDisk`, so
+/// it can run on an async worker), or on disk too.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Reach {
+    Memory,
+    Disk,
+}
+
+impl Reach {
+    pub(super) fn read_options(self) -> ReadOptions {
+        let mut ro = ReadOptions::default();
+        if self == Reach::Memory {
+            ro.set_read_tier(ReadTier::BlockCache);
+        }
+        ro
+    }
+}
+
 pub struct View<'a> {
     pub(super) db: &'a DB,
     pub(super) snapshot: Option<rocksdb::Snapshot<'a>>,
+    pub(super) reach: Reach,
     pub(super) overlay: Overlay,
     /// The store revision this view reads at.
     pub(super) revision: i64,
@@ -73,7 +93,7 @@ impl Live<'_> {
 
 impl<'a> View<'a> {
     fn read_options(&self) -> ReadOptions {
-        let mut ro = ReadOptions::default();
+        let mut ro = self.reach.read_options();
         if let Some(s) = &self.snapshot {
             ro.set_snapshot(s);
         }
@@ -383,6 +403,9 @@ pub fn decode<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, KvError> 
 }
 
 pub fn db_error(e: rocksdb::Error) -> KvError {
+    if e.kind() == rocksdb::ErrorKind::Incomplete {
+        return KvError::NeedsDisk;
+    }
     KvError::Internal(format!("storage: {e}"))
 }
 
@@ -424,6 +447,25 @@ mod tests {
         let kv = &range(store, RangeArgs { key: key.into(), ..Default::default() }).kvs[0];
         let latest: Latest = decode(&store.db.get_cf(Cfs::handle(&store.db, Cfs::LATEST), key).unwrap().unwrap()).unwrap();
         store.db.delete_cf(Cfs::handle(&store.db, Cfs::HISTORY), keys::history_key(kv.mod_revision, latest.sub)).unwrap();
+    }
+
+    #[test]
+    fn a_read_in_memory_never_reaches_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = |key: &str| RangeArgs { key: key.into(), ..Default::default() };
+        {
+            let store = open(dir.path());
+            put(&store, "on-disk", "v1");
+            store.flush().unwrap();
+        }
+        let store = open(dir.path());
+        put(&store, "in-memtable", "v2");
+        assert!(matches!(store.range_in_memory(&one("on-disk")), Err(KvError::NeedsDisk)), "a cold table file is not read");
+        let on_disk = vec![("on-disk".to_string(), "v1".to_string())];
+        assert_eq!(pairs(&range(&store, one("on-disk"))), on_disk);
+        // That read left the table's blocks in the block cache.
+        assert_eq!(pairs(&store.range_in_memory(&one("on-disk")).unwrap().0), on_disk);
+        assert_eq!(pairs(&store.range_in_memory(&one("in-memtable")).unwrap().0), [("in-memtable".to_string(), "v2".to_string())]);
     }
 
     #[test]
@@ -482,7 +524,7 @@ mod tests {
         for (i, &revision) in revisions.iter().enumerate() {
             let result = range(&store, all(revision, 0));
             assert_eq!(pairs(&result), vec![("ka".to_string(), i.to_string())], "at {revision}");
-            let kv = store.snapshot_view().unwrap().get_at(b"ka", revision).unwrap().unwrap();
+            let kv = store.snapshot_view(Reach::Disk).unwrap().get_at(b"ka", revision).unwrap().unwrap();
             assert_eq!((kv.value, kv.version), (i.to_string().into_bytes(), i as i64 + 1));
         }
         let at = |revision| pairs(&range(&store, all(revision, 0)));
@@ -492,7 +534,7 @@ mod tests {
         assert_eq!(at(kb_gone + 1), [pair("ka", "29"), pair("kb", "second")]);
         assert_eq!(at(0), [pair("ka", "29"), pair("kb", "second"), pair("kc", "late")]);
         assert_eq!(range(&store, RangeArgs { count_only: true, ..all(kb_gone, 0) }).count, 1);
-        let view = store.snapshot_view().unwrap();
+        let view = store.snapshot_view(Reach::Disk).unwrap();
         assert_eq!(view.get_at(b"kb", kb_gone).unwrap(), None, "a deletion");
         assert_eq!(view.get_at(b"kc", kb_gone).unwrap(), None, "not made yet");
         assert_eq!(view.get_at(b"k", kb_gone).unwrap(), None, "a prefix of another key");
@@ -576,6 +618,6 @@ mod tests {
         }
         let second = RangeArgs { key: [first.kvs[499].key.as_slice(), b"\0"].concat(), ..all(now, 500) };
         assert_eq!(range(&store, second.clone()).count, 699, "counted from the first page");
-        assert_eq!(store.snapshot_view().unwrap().range(&second, None).unwrap().count, 599, "counted again");
+        assert_eq!(store.snapshot_view(Reach::Disk).unwrap().range(&second, None).unwrap().count, 599, "counted again");
     }
 }

@@ -140,7 +140,7 @@ pub fn status(e: KvError) -> Status {
         KvError::NoLeader | KvError::LeaderChanged | KvError::Timeout | KvError::Stopped | KvError::Unhealthy | KvError::InstallingSnapshot => {
             Code::Unavailable
         }
-        KvError::Internal(_) => Code::Internal,
+        KvError::Internal(_) | KvError::NeedsDisk => Code::Internal,
         KvError::Corrupt => Code::DataLoss,
     };
     Status::new(code, e.to_string())
