@@ -436,6 +436,10 @@ mod tests {
         RangeArgs { key: b"k".to_vec(), range_end: b"l".to_vec(), revision, limit, ..Default::default() }
     }
 
+    fn pair(key: &str, value: &str) -> (String, String) {
+        (key.to_string(), value.to_string())
+    }
+
     fn pairs(result: &RangeResult) -> Vec<(String, String)> {
         let text = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
         result.kvs.iter().map(|kv| (text(&kv.key), text(&kv.value))).collect()
@@ -461,11 +465,10 @@ mod tests {
         let store = open(dir.path());
         put(&store, "in-memtable", "v2");
         assert!(matches!(store.range_in_memory(&one("on-disk")), Err(KvError::NeedsDisk)), "a cold table file is not read");
-        let on_disk = vec![("on-disk".to_string(), "v1".to_string())];
-        assert_eq!(pairs(&range(&store, one("on-disk"))), on_disk);
+        assert_eq!(pairs(&range(&store, one("on-disk"))), [pair("on-disk", "v1")]);
         // That read left the table's blocks in the block cache.
-        assert_eq!(pairs(&store.range_in_memory(&one("on-disk")).unwrap().0), on_disk);
-        assert_eq!(pairs(&store.range_in_memory(&one("in-memtable")).unwrap().0), [("in-memtable".to_string(), "v2".to_string())]);
+        assert_eq!(pairs(&store.range_in_memory(&one("on-disk")).unwrap().0), [pair("on-disk", "v1")]);
+        assert_eq!(pairs(&store.range_in_memory(&one("in-memtable")).unwrap().0), [pair("in-memtable", "v2")]);
     }
 
     #[test]
@@ -528,7 +531,6 @@ mod tests {
             assert_eq!((kv.value, kv.version), (i.to_string().into_bytes(), i as i64 + 1));
         }
         let at = |revision| pairs(&range(&store, all(revision, 0)));
-        let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
         assert_eq!(at(kb_first), [pair("ka", "29"), pair("kb", "first")]);
         assert_eq!(at(kb_gone), [pair("ka", "29")]);
         assert_eq!(at(kb_gone + 1), [pair("ka", "29"), pair("kb", "second")]);
@@ -559,7 +561,6 @@ mod tests {
         };
         let OpResult::Txn { responses, .. } = write(&store, Op::Txn(txn)) else { panic!("a txn") };
         let ranges: Vec<_> = responses.iter().filter_map(|r| if let OpResult::Range(r) = r { Some(r) } else { None }).collect();
-        let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
         assert_eq!(pairs(ranges[0]), [pair("ka", "new"), pair("kc", "new")]);
         assert_eq!((ranges[0].count, ranges[0].more), (3, true));
         assert_eq!(pairs(ranges[1]), [pair("ka", "new"), pair("kc", "new"), pair("kd", "stored")]);
