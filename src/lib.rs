@@ -4,6 +4,7 @@ pub mod api;
 pub mod auth;
 pub mod bootstrap;
 pub mod config;
+pub mod heap;
 pub mod ctl;
 pub mod raft;
 pub mod server;

@@ -49,6 +49,8 @@ pub struct Metrics {
     pub client_grpc_received_bytes: IntCounter,
     /// Where a member's bounded memory goes, by part (cairn's own).
     pub memory_bytes: IntGaugeVec,
+    /// The process heap: in use, and free but kept by malloc (cairn's own).
+    pub heap_bytes: IntGaugeVec,
 }
 
 fn registered<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: prometheus::Result<M>) -> M {
@@ -156,6 +158,10 @@ impl Metrics {
                     opts("cairn", "", "memory_bytes", "Bytes held now by each part of the member's memory budget (--memory-budget-bytes)."),
                     &["part"],
                 ),
+            ),
+            heap_bytes: registered(
+                &r,
+                IntGaugeVec::new(opts("cairn", "", "heap_bytes", "Bytes of the process heap (malloc), in use and free."), &["state"]),
             ),
             registry: r,
         }

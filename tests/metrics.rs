@@ -83,6 +83,11 @@ fn metrics_have_etcds_names_and_grow_with_the_work() {
     }
     assert!(part("watch_history") >= 20.0 * 3.0, "twenty changes of k<i>=v are kept for watchers");
     assert!(part("state_block_cache") >= 0.0 && part("log_block_cache") >= 0.0);
+    // The process heap: the watch history is in it; what is free is reported
+    // (value() fails on a missing series).
+    let heap = |state: &str| value(&after, &format!("cairn_heap_bytes{{state=\"{state}\"}}"));
+    assert!(heap("in_use") >= part("watch_history"), "the heap in use holds the watch history");
+    assert!(heap("free") >= 0.0);
 
     let watchers = || value(&scrape(&metrics), "etcd_mvcc_watcher_total{}");
     assert_eq!(watchers(), 0.0);

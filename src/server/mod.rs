@@ -183,6 +183,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tokio::spawn(async move { plan::promote_when_caught_up(&node.consensus, node.member_id).await });
     }
     tokio::spawn(count_leader_changes(node.clone()));
+    tokio::spawn(crate::heap::return_freed_memory());
     if config.metrics_extensive {
         crate::metrics::METRICS.enable_extensive();
     }

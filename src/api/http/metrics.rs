@@ -40,5 +40,8 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     ] {
         METRICS.memory_bytes.with_label_values(&[part]).set(bytes as i64);
     }
+    let (in_use, free) = crate::heap::usage();
+    METRICS.heap_bytes.with_label_values(&["in_use"]).set(in_use as i64);
+    METRICS.heap_bytes.with_label_values(&["free"]).set(free as i64);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], METRICS.render())
 }
