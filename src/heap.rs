@@ -23,6 +23,16 @@ pub fn usage() -> (u64, u64) {
     (info.uordblks as u64, info.fordblks as u64)
 }
 
+/// What malloc takes for a buffer of `len` bytes: an 8-byte header, rounded
+/// up to 16, at least 32; an empty Vec allocates nothing.
+pub fn allocation_bytes(len: usize) -> usize {
+    if len == 0 {
+        0
+    } else {
+        (len + 8).next_multiple_of(16).max(32)
+    }
+}
+
 /// This process's resident memory, in bytes (0 if /proc cannot say).
 fn resident_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -35,7 +45,7 @@ fn resident_bytes() -> u64 {
 
 /// Gives the free pages inside malloc's arenas back to the system; returns
 /// the resident memory afterwards.
-pub fn trim() -> u64 {
+fn trim() -> u64 {
     // SAFETY: malloc_trim takes each arena's lock itself; it moves no live
     // allocation.
     unsafe { libc::malloc_trim(0) };

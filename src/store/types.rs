@@ -7,6 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::heap;
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyValue {
     #[serde(with = "serde_bytes")]
@@ -151,16 +153,6 @@ pub struct RevisionChanges {
     pub changes: Vec<Change>,
 }
 
-/// What glibc's malloc takes for `len` bytes: an 8-byte header, rounded up
-/// to 16, at least 32; an empty Vec allocates nothing.
-fn allocated(len: usize) -> usize {
-    if len == 0 {
-        0
-    } else {
-        (len + 8).next_multiple_of(16).max(32)
-    }
-}
-
 impl Change {
     /// The memory the change holds: its struct and its buffers as malloc
     /// rounds them. Counting keys and values alone, the watch history held
@@ -170,7 +162,7 @@ impl Change {
     }
 
     fn buffers_bytes(&self) -> usize {
-        let buffers = |kv: &KeyValue| allocated(kv.key.capacity()) + allocated(kv.value.capacity());
+        let buffers = |kv: &KeyValue| heap::allocation_bytes(kv.key.capacity()) + heap::allocation_bytes(kv.value.capacity());
         buffers(&self.kv) + self.prev.as_ref().map_or(0, buffers)
     }
 }
@@ -179,8 +171,8 @@ impl RevisionChanges {
     /// The memory the revision holds in the watch hub: the Arc around it (two
     /// counts and the struct), its slot in the hub's queue, its changes.
     pub fn size_bytes(&self) -> usize {
-        let arc = allocated(2 * size_of::<usize>() + size_of::<RevisionChanges>());
-        let changes = allocated(self.changes.capacity() * size_of::<Change>());
+        let arc = heap::allocation_bytes(2 * size_of::<usize>() + size_of::<RevisionChanges>());
+        let changes = heap::allocation_bytes(self.changes.capacity() * size_of::<Change>());
         arc + size_of::<usize>() + changes + self.changes.iter().map(Change::buffers_bytes).sum::<usize>()
     }
 }
