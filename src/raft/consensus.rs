@@ -13,7 +13,7 @@ use openraft::{Config, SnapshotPolicy};
 use super::credentials::Credentials;
 use super::dial::{DialError, Dialer};
 use super::members::{ChangeFailure, ClusterInfo, MemberChange, Members, MembersSettings};
-use super::network::{CallError, Method, Peers};
+use super::network::{CallError, Method, Peers, RaftPeers};
 use super::proposer::Proposer;
 use super::read_index::ReadIndexRounds;
 use super::snapshots::Snapshots;
@@ -115,14 +115,20 @@ impl Consensus {
         };
         let config = Arc::new(config.validate()?);
         let peers = Peers::new(Credentials::of_member(member_id, cluster_id), settings.dialer.clone());
+        let log = LogStore::new(log, member_id)?;
+        let durability = log.durability();
         let raft = Raft::new(
             member_id,
             config,
-            peers.clone(),
-            LogStore::new(log),
-            StateMachine::new(store.clone(), hub, lessor.clone(), snapshots),
+            RaftPeers { peers: peers.clone(), durability: durability.clone() },
+            log,
+            StateMachine::new(store.clone(), hub, lessor.clone(), snapshots, durability.clone()),
         )
         .await?;
+        tokio::spawn({
+            let raft = raft.clone();
+            async move { durability.pay_owed_commits(raft).await }
+        });
         // etcd's request timeout: 5 s plus two election timeouts.
         let request_timeout = Duration::from_millis(5000 + 2 * settings.election_ms);
         let proposer = Proposer::start(raft.clone());

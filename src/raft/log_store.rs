@@ -4,6 +4,10 @@
 //! synced RocksDB batch (group commit), reports those appends flushed and
 //! drops them from the tail. A RocksDB write stall therefore delays
 //! durability, never heartbeats.
+//!
+//! A leader's appends of its own entries are reported flushed at once, so
+//! that openraft replicates them while the writer syncs them; `durability`
+//! keeps them from counting as committed before they are on this disk.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -13,9 +17,10 @@ use std::sync::{mpsc, Arc, Mutex};
 use crate::metrics::METRICS;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{Entry, ErrorSubject, ErrorVerb, RaftLogReader, StorageError, StorageIOError, Vote};
+use openraft::{Entry, EntryPayload, ErrorSubject, ErrorVerb, RaftLogReader, StorageError, StorageIOError, Vote};
 use tokio::sync::oneshot;
 
+use super::durability::Durability;
 use super::{decode, encode, LogId, TypeConfig};
 use crate::store::log::{LogDb, LogWrite, PURGED};
 
@@ -38,6 +43,8 @@ struct Job {
     change: LogWrite,
     /// The append's number, to drop exactly its entries from the tail.
     append: u64,
+    /// The append's last entry.
+    last: Option<LogId>,
     notify: Notify,
 }
 
@@ -47,6 +54,10 @@ pub struct LogStore {
     tail: Arc<Mutex<Tail>>,
     appends: u64,
     jobs: mpsc::Sender<Job>,
+    durability: Durability,
+    member_id: u64,
+    /// The vote as last saved: it tells whether this member leads.
+    vote: Option<Vote<u64>>,
 }
 
 fn io_error(subject: ErrorSubject<u64>, verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError<u64> {
@@ -63,7 +74,7 @@ fn write_error(e: impl std::error::Error + 'static) -> StorageError<u64> {
 
 /// The writer thread: takes every job queued, writes them in one synced
 /// batch, then tells each waiter.
-fn write_queued(db: Arc<LogDb>, tail: Arc<Mutex<Tail>>, queue: mpsc::Receiver<Job>) {
+fn write_queued(db: Arc<LogDb>, tail: Arc<Mutex<Tail>>, durability: Durability, queue: mpsc::Receiver<Job>) {
     while let Ok(first) = queue.recv() {
         let mut jobs = vec![first];
         jobs.extend(queue.try_iter());
@@ -81,6 +92,13 @@ fn write_queued(db: Arc<LogDb>, tail: Arc<Mutex<Tail>>, queue: mpsc::Receiver<Jo
                     }
                 }
             }
+            drop(tail);
+            if let Some(last) = jobs.iter().filter_map(|j| j.last).max_by_key(|l| l.index) {
+                durability.synced(last);
+            }
+        }
+        if let Err(e) = &result {
+            durability.failed(e);
         }
         for job in jobs {
             match job.notify {
@@ -95,31 +113,48 @@ fn write_queued(db: Arc<LogDb>, tail: Arc<Mutex<Tail>>, queue: mpsc::Receiver<Jo
 }
 
 impl LogStore {
-    pub fn new(db: LogDb) -> LogStore {
+    pub fn new(db: LogDb, member_id: u64) -> Result<LogStore, StorageError<u64>> {
+        let durability = Durability::new(last_written(&db)?);
         let db = Arc::new(db);
         let tail = Arc::new(Mutex::new(Tail::new()));
         let (jobs, queue) = mpsc::channel::<Job>();
-        let (writer_db, writer_tail) = (db.clone(), tail.clone());
+        let (writer_db, writer_tail, writer_durability) = (db.clone(), tail.clone(), durability.clone());
         std::thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || write_queued(writer_db, writer_tail, queue))
-            .expect("spawning the log writer thread");
-        LogStore { db, tail, appends: 0, jobs }
+            .spawn(move || write_queued(writer_db, writer_tail, writer_durability, queue))
+            .map_err(write_error)?;
+        Ok(LogStore { db, tail, appends: 0, jobs, durability, member_id, vote: None })
+    }
+
+    pub fn durability(&self) -> Durability {
+        self.durability.clone()
+    }
+
+    /// Whether `entries` are this leader's own, appended after its term's
+    /// first entry reached the disk: those may go to the followers before
+    /// their fsync. Not a membership change: a leader moves on to the next
+    /// step of a change once it counts the last one committed, so that count
+    /// must include its own synced copy.
+    fn may_replicate_before_sync(&self, entries: &[Entry<TypeConfig>]) -> bool {
+        let Some(vote) = self.vote.filter(|v| v.is_committed() && v.leader_id().voted_for() == Some(self.member_id))
+        else {
+            return false;
+        };
+        let term = *vote.leader_id();
+        self.durability.last().is_some_and(|on_disk| on_disk.leader_id == term)
+            && entries.iter().all(|e| e.log_id.leader_id == term && !matches!(e.payload, EntryPayload::Membership(_)))
     }
 
     fn tail(&self) -> std::sync::MutexGuard<'_, Tail> {
         self.tail.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StorageError<u64>> {
-        match self.db.get_meta(key).map_err(read_error)? {
-            None => Ok(None),
-            Some(bytes) => decode(&bytes).map(Some).map_err(read_error),
-        }
+    fn queue(&self, change: LogWrite, append: u64, notify: Notify) -> Result<(), StorageError<u64>> {
+        let job = Job { change, append, last: None, notify };
+        self.send(job)
     }
 
-    fn queue(&self, change: LogWrite, append: u64, notify: Notify) -> Result<(), StorageError<u64>> {
-        let job = Job { change, append, notify };
+    fn send(&self, job: Job) -> Result<(), StorageError<u64>> {
         self.jobs.send(job).map_err(|_| write_error(std::io::Error::other("the log writer thread is gone")))
     }
 
@@ -129,6 +164,21 @@ impl LogStore {
         self.queue(change, 0, Notify::Waiter(done))?;
         let result = written.await.map_err(|_| write_error(std::io::Error::other("the log writer thread is gone")))?;
         result.map_err(|e| write_error(std::io::Error::other(e)))
+    }
+}
+
+fn meta<T: serde::de::DeserializeOwned>(db: &LogDb, key: &str) -> Result<Option<T>, StorageError<u64>> {
+    match db.get_meta(key).map_err(read_error)? {
+        None => Ok(None),
+        Some(bytes) => decode(&bytes).map(Some).map_err(read_error),
+    }
+}
+
+/// The last entry written to RocksDB, or the last one purged when none is left.
+fn last_written(db: &LogDb) -> Result<Option<LogId>, StorageError<u64>> {
+    match db.last().map_err(read_error)? {
+        Some((_, bytes)) => Ok(Some(decode::<Entry<TypeConfig>>(&bytes).map_err(read_error)?.log_id)),
+        None => meta(db, PURGED),
     }
 }
 
@@ -156,29 +206,31 @@ impl RaftLogReader<TypeConfig> for LogStore {
         if from >= to {
             return Ok(Vec::new());
         }
-        {
-            // The usual case, a leader replicating what it just appended:
-            // all of it is still in the tail.
+        // The tail first, then RocksDB: an entry leaves the tail only after
+        // it was written, so one missing from the tail when it is read is in
+        // RocksDB when that is read. (The other order loses an entry written
+        // between the two reads.)
+        let (tail_from, mut entries) = {
             let tail = self.tail();
-            if tail.first_key_value().is_some_and(|(&first, _)| first <= from) {
-                return Ok(tail.range(from..to).map(|(_, (_, e))| e.clone()).collect());
-            }
+            let tail_from = tail.first_key_value().map_or(to, |(&first, _)| first.clamp(from, to));
+            (tail_from, tail.range(tail_from..to).map(|(_, (_, e))| e.clone()).collect::<Vec<_>>())
+        };
+        // The usual case, a leader replicating what it just appended: all of
+        // it is still in the tail.
+        if tail_from == from {
+            return Ok(entries);
         }
-        // RocksDB first, then the tail: an entry leaves the tail only after
-        // it was written, so none falls between the two reads.
         let db = self.db.clone();
-        let rows = tokio::task::spawn_blocking(move || db.read(Bound::Included(from), Bound::Excluded(to)))
+        let rows = tokio::task::spawn_blocking(move || db.read(Bound::Included(from), Bound::Excluded(tail_from)))
             .await
             .map_err(read_error)?
             .map_err(read_error)?;
-        let mut entries = BTreeMap::new();
-        for (index, bytes) in rows {
-            entries.insert(index, decode::<Entry<TypeConfig>>(&bytes).map_err(read_error)?);
+        let mut written = Vec::with_capacity(rows.len() + entries.len());
+        for (_, bytes) in rows {
+            written.push(decode::<Entry<TypeConfig>>(&bytes).map_err(read_error)?);
         }
-        for (&index, (_, entry)) in self.tail().range(from..to) {
-            entries.insert(index, entry.clone());
-        }
-        Ok(entries.into_values().collect())
+        written.append(&mut entries);
+        Ok(written)
     }
 }
 
@@ -186,14 +238,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<u64>> {
-        let last_purged_log_id: Option<LogId> = self.meta(PURGED)?;
+        let last_purged_log_id = meta(&self.db, PURGED)?;
         let in_tail = self.tail().last_key_value().map(|(_, (_, e))| e.log_id);
-        let last = match (in_tail, self.db.last().map_err(read_error)?) {
-            (Some(id), _) => Some(id),
-            (None, Some((_, bytes))) => Some(decode::<Entry<TypeConfig>>(&bytes).map_err(read_error)?.log_id),
-            (None, None) => None,
+        let last_log_id = match in_tail {
+            Some(id) => Some(id),
+            None => last_written(&self.db)?,
         };
-        Ok(LogState { last_purged_log_id, last_log_id: last.or(last_purged_log_id) })
+        Ok(LogState { last_purged_log_id, last_log_id })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -201,11 +252,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError<u64>> {
-        self.write_durably(LogWrite::Meta(VOTE, encode(vote))).await
+        self.write_durably(LogWrite::Meta(VOTE, encode(vote))).await?;
+        self.vote = Some(*vote);
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError<u64>> {
-        self.meta(VOTE)
+        self.vote = meta(&self.db, VOTE)?;
+        Ok(self.vote)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError<u64>> {
@@ -214,7 +268,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError<u64>> {
-        Ok(self.meta::<Option<LogId>>(COMMITTED)?.flatten())
+        Ok(meta::<Option<LogId>>(&self.db, COMMITTED)?.flatten())
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError<u64>>
@@ -224,7 +278,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         self.appends += 1;
         let append = self.appends;
-        let mut rows = Vec::new();
+        let entries: Vec<_> = entries.into_iter().collect();
+        let early = self.may_replicate_before_sync(&entries);
+        let last = entries.last().map(|e| e.log_id);
+        let mut rows = Vec::with_capacity(entries.len());
         {
             let mut tail = self.tail();
             for entry in entries {
@@ -232,17 +289,65 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 tail.insert(entry.log_id.index, (append, entry));
             }
         }
-        self.queue(LogWrite::Append(rows), append, Notify::Raft(callback))
+        let change = LogWrite::Append(rows);
+        if !early {
+            return self.send(Job { change, append, last, notify: Notify::Raft(callback) });
+        }
+        self.send(Job { change, append, last, notify: Notify::Nobody })?;
+        callback.log_io_completed(Ok(()));
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError<u64>> {
         self.tail().split_off(&log_id.index);
         // Waited for, so that no read sees the cut entries in RocksDB after
         // this returns.
-        self.write_durably(LogWrite::TruncateFrom(log_id.index)).await
+        self.write_durably(LogWrite::TruncateFrom(log_id.index)).await?;
+        // Everything queued before the cut is written now.
+        let last = self.get_log_state().await?.last_log_id;
+        self.durability.truncated_to(last);
+        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError<u64>> {
         self.queue(LogWrite::PurgeUpto(log_id.index, encode(&log_id)), 0, Notify::Nobody)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use openraft::{CommittedLeaderId, Membership};
+
+    use super::*;
+    use crate::store::memory::MemberBudget;
+
+    fn entries(term: u64, leader: u64, from: u64, payload: EntryPayload<TypeConfig>) -> Vec<Entry<TypeConfig>> {
+        (from..from + 2).map(|index| Entry { log_id: LogId::new(CommittedLeaderId::new(term, leader), index), payload: payload.clone() }).collect()
+    }
+
+    #[tokio::test]
+    async fn only_a_leaders_own_entries_after_its_synced_first_one_skip_the_wait_for_fsync() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = LogStore::new(LogDb::open(dir.path(), &MemberBudget::default().log).unwrap(), 1).unwrap();
+        let normal = || EntryPayload::Normal(Vec::new());
+        assert!(!log.may_replicate_before_sync(&entries(2, 1, 5, normal())), "no vote yet");
+
+        log.save_vote(&Vote::new(2, 1)).await.unwrap();
+        assert!(!log.may_replicate_before_sync(&entries(2, 1, 5, normal())), "a candidate does not lead");
+
+        log.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
+        log.durability.synced(LogId::new(CommittedLeaderId::new(1, 3), 4));
+        assert!(!log.may_replicate_before_sync(&entries(2, 1, 5, normal())), "the term's first entry is not on disk");
+
+        log.durability.synced(LogId::new(CommittedLeaderId::new(2, 1), 5));
+        assert!(log.may_replicate_before_sync(&entries(2, 1, 6, normal())));
+        let change = EntryPayload::Membership(Membership::new(vec![BTreeSet::from([1, 2])], None));
+        assert!(!log.may_replicate_before_sync(&entries(2, 1, 6, change)), "a membership change waits for its fsync");
+
+        log.save_vote(&Vote::new_committed(3, 2)).await.unwrap();
+        assert!(!log.may_replicate_before_sync(&entries(3, 2, 6, normal())), "a follower's entries wait for their fsync");
+        assert!(!log.may_replicate_before_sync(&entries(2, 1, 6, normal())), "nor do its own from a past term");
     }
 }

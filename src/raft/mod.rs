@@ -4,6 +4,7 @@
 
 mod clock;
 mod consensus;
+mod durability;
 pub mod credentials;
 pub mod dial;
 mod log_store;

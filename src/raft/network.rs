@@ -23,6 +23,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::credentials::Credentials;
 use super::dial::Dialer;
+use super::durability::Durability;
 use super::peerpb::peer_client::PeerClient;
 use super::peerpb::Payload;
 use super::{decode, encode, PeerNode, TypeConfig};
@@ -186,16 +187,25 @@ pub enum Method {
     HashKv,
 }
 
-impl RaftNetworkFactory<TypeConfig> for Peers {
+/// Raft's connections to the other members: the peers, and this member's
+/// log on disk, which caps the commit index sent (see `durability`).
+#[derive(Clone)]
+pub struct RaftPeers {
+    pub peers: Peers,
+    pub durability: Durability,
+}
+
+impl RaftNetworkFactory<TypeConfig> for RaftPeers {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: u64, node: &PeerNode) -> PeerConnection {
-        PeerConnection { peers: self.clone(), target, node: node.clone() }
+        PeerConnection { peers: self.peers.clone(), durability: self.durability.clone(), target, node: node.clone() }
     }
 }
 
 pub struct PeerConnection {
     peers: Peers,
+    durability: Durability,
     target: u64,
     node: PeerNode,
 }
@@ -297,9 +307,10 @@ impl PeerConnection {
 impl RaftNetwork<TypeConfig> for PeerConnection {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, PeerNode, RaftError<u64>>> {
+        rpc.leader_commit = self.durability.cap(rpc.leader_commit);
         let request = encode(&rpc);
         let entries = rpc.entries.len();
         if request.len() > MAX_APPEND_BYTES && entries > 1 {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageError, StorageIOError};
 
+use super::durability::Durability;
 use super::snapshots::{applied_state, Meta, SnapshotData, Snapshots};
 use super::{decode, encode, LogId, StoredMembership, TypeConfig};
 use crate::metrics::METRICS;
@@ -23,6 +24,8 @@ pub struct StateMachine {
     /// Mirrors the store's leases.
     lessor: Arc<Lessor>,
     snapshots: Arc<Snapshots>,
+    /// This member's log on disk: an entry is applied once it is there.
+    durability: Durability,
 }
 
 fn sm_error(verb: ErrorVerb, e: impl ToString) -> StorageError<u64> {
@@ -36,8 +39,14 @@ type RaftState = (Option<LogId>, StoredMembership);
 const SLOW_APPLY: Duration = Duration::from_millis(100);
 
 impl StateMachine {
-    pub fn new(store: Arc<Store>, hub: Arc<Hub>, lessor: Arc<Lessor>, snapshots: Arc<Snapshots>) -> StateMachine {
-        StateMachine { store, hub, lessor, snapshots }
+    pub fn new(
+        store: Arc<Store>,
+        hub: Arc<Hub>,
+        lessor: Arc<Lessor>,
+        snapshots: Arc<Snapshots>,
+        durability: Durability,
+    ) -> StateMachine {
+        StateMachine { store, hub, lessor, snapshots, durability }
     }
 
     /// Applies one command (or just moves the applied state, for `None`),
@@ -77,6 +86,7 @@ impl StateMachine {
             hub: self.hub.clone(),
             lessor: self.lessor.clone(),
             snapshots: self.snapshots.clone(),
+            durability: self.durability.clone(),
         }
     }
 
@@ -113,6 +123,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: Send,
     {
         let entries: Vec<_> = entries.into_iter().collect();
+        if let Some(last) = entries.last() {
+            self.durability.reached(last.log_id.index).await?;
+        }
         let (applied, mut membership) = self.raft_state()?;
         let sm = self.share();
         // One hop to a blocking thread per batch: RocksDB work stays off the async workers.
@@ -226,8 +239,8 @@ mod tests {
         let hub = Arc::new(Hub::new(store.revision(), 1 << 20));
         let lessor = Arc::new(Lessor::new(Vec::new()));
         let snapshots = Arc::new(Snapshots::open(dir.path().join("raft")).unwrap());
-        let mut sm = StateMachine::new(store.clone(), hub, lessor, snapshots);
         let log_id = LogId::new(CommittedLeaderId::new(1, 1), 5);
+        let mut sm = StateMachine::new(store.clone(), hub, lessor, snapshots, Durability::new(Some(log_id)));
         let commands = vec![put("a"), put("b"), put("c")];
 
         // What a crash right after the entry's first command leaves on disk.
