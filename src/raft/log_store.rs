@@ -72,15 +72,32 @@ fn write_error(e: impl std::error::Error + 'static) -> StorageError<u64> {
     io_error(ErrorSubject::Logs, ErrorVerb::Write, e)
 }
 
-/// The writer thread: takes every job queued, writes them in one synced
-/// batch, then tells each waiter.
+impl Job {
+    /// Whether the batch holding this job must be fsynced. Log entries and
+    /// truncations must, and so must anything someone waits for. The commit
+    /// index and purges need not: losing the last of them in a crash only
+    /// makes a restart re-apply or keep a few more entries. Written after
+    /// the entries they name, they never reach the disk without them. (etcd
+    /// likewise syncs its WAL for new entries or a new vote, not for a commit
+    /// index alone.) Leaving them unsynced saves an fsync per commit, which
+    /// the next append would otherwise wait behind.
+    fn needs_sync(&self) -> bool {
+        matches!(self.change, LogWrite::Append(_) | LogWrite::TruncateFrom(_)) || !matches!(self.notify, Notify::Nobody)
+    }
+}
+
+/// The writer thread: takes every job queued, writes them in one batch,
+/// synced if any needs it, then tells each waiter.
 fn write_queued(db: Arc<LogDb>, tail: Arc<Mutex<Tail>>, durability: Durability, queue: mpsc::Receiver<Job>) {
     while let Ok(first) = queue.recv() {
         let mut jobs = vec![first];
         jobs.extend(queue.try_iter());
+        let sync = jobs.iter().any(Job::needs_sync);
         let started = std::time::Instant::now();
-        let result = db.write_synced(jobs.iter().map(|j| &j.change)).map_err(|e| e.to_string());
-        METRICS.wal_fsync_seconds.observe(started.elapsed().as_secs_f64());
+        let result = db.write(jobs.iter().map(|j| &j.change), sync).map_err(|e| e.to_string());
+        if sync {
+            METRICS.wal_fsync_seconds.observe(started.elapsed().as_secs_f64());
+        }
         if result.is_ok() {
             let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
             for job in &jobs {
@@ -325,6 +342,17 @@ mod tests {
 
     fn entries(term: u64, leader: u64, from: u64, payload: EntryPayload<TypeConfig>) -> Vec<Entry<TypeConfig>> {
         (from..from + 2).map(|index| Entry { log_id: LogId::new(CommittedLeaderId::new(term, leader), index), payload: payload.clone() }).collect()
+    }
+
+    #[test]
+    fn only_the_commit_index_and_purges_go_unsynced_when_nobody_waits() {
+        let job = |change, notify| Job { change, append: 0, last: None, notify };
+        let meta = || LogWrite::Meta(COMMITTED, Vec::new());
+        assert!(!job(meta(), Notify::Nobody).needs_sync());
+        assert!(!job(LogWrite::PurgeUpto(7, Vec::new()), Notify::Nobody).needs_sync());
+        assert!(job(LogWrite::Append(vec![(1, Vec::new())]), Notify::Nobody).needs_sync(), "a leader's early append");
+        assert!(job(LogWrite::TruncateFrom(3), Notify::Nobody).needs_sync());
+        assert!(job(meta(), Notify::Waiter(oneshot::channel().0)).needs_sync(), "a saved vote is waited for");
     }
 
     #[tokio::test]

@@ -41,9 +41,11 @@ impl LogDb {
         self.db.cf_handle(name).expect("column families are created at open")
     }
 
-    /// Writes `changes` in order, in one batch, and fsyncs: each is durable
-    /// when this returns (group commit: one sync for all of them).
-    pub fn write_synced<'a>(&self, changes: impl IntoIterator<Item = &'a LogWrite>) -> Result<(), Error> {
+    /// Writes `changes` in order, in one batch; with `sync`, fsyncs, so that
+    /// each is durable when this returns (group commit: one sync for all of
+    /// them). Unsynced, they are in RocksDB's log behind every write before
+    /// them, and the next synced write makes them durable too.
+    pub fn write<'a>(&self, changes: impl IntoIterator<Item = &'a LogWrite>, sync: bool) -> Result<(), Error> {
         let mut batch = WriteBatch::default();
         let (entries, meta) = (self.cf(ENTRIES), self.cf(META));
         for change in changes {
@@ -64,9 +66,9 @@ impl LogDb {
                 LogWrite::Meta(key, value) => batch.put_cf(meta, key, value),
             }
         }
-        let mut synced = WriteOptions::default();
-        synced.set_sync(true);
-        self.db.write_opt(batch, &synced)
+        let mut options = WriteOptions::default();
+        options.set_sync(sync);
+        self.db.write_opt(batch, &options)
     }
 
     /// Entries with index in `range`, in order, as stored.
