@@ -1,15 +1,14 @@
 //! openraft's log storage on `store::log::LogDb`, kept off openraft's async
-//! tasks: an append lands in an in-memory tail that readers see at once and
-//! returns; one writer thread writes every change queued behind it in one
-//! synced RocksDB batch (group commit), reports those appends flushed and
-//! drops them from the tail. A RocksDB write stall therefore delays
-//! durability, never heartbeats.
+//! tasks: an append lands in an in-memory tail (`log_tail`) that readers see
+//! at once and returns; one writer thread writes every change queued behind
+//! it in one synced RocksDB batch (group commit), reports those appends
+//! flushed and marks them written in the tail. A RocksDB write stall
+//! therefore delays durability, never heartbeats.
 //!
 //! A leader's appends of its own entries are reported flushed at once, so
 //! that openraft replicates them while the writer syncs them; `durability`
 //! keeps them from counting as committed before they are on this disk.
 
-use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::{mpsc, Arc, Mutex};
@@ -21,16 +20,12 @@ use openraft::{Entry, EntryPayload, ErrorSubject, ErrorVerb, RaftLogReader, Stor
 use tokio::sync::oneshot;
 
 use super::durability::Durability;
+use super::log_tail::LogTail;
 use super::{decode, encode, LogId, TypeConfig};
 use crate::store::log::{LogDb, LogWrite, PURGED};
 
 const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
-
-/// Appended entries not yet written, by index, each with the number of the
-/// append that put it there. They always form one run of indexes: written
-/// entries leave from the front, a truncation cuts the back.
-type Tail = BTreeMap<u64, (u64, Entry<TypeConfig>)>;
 
 /// Who hears that a queued change is durable.
 enum Notify {
@@ -41,7 +36,7 @@ enum Notify {
 
 struct Job {
     change: LogWrite,
-    /// The append's number, to drop exactly its entries from the tail.
+    /// The append's number, to mark exactly its entries written in the tail.
     append: u64,
     /// The append's last entry.
     last: Option<LogId>,
@@ -51,7 +46,7 @@ struct Job {
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<LogDb>,
-    tail: Arc<Mutex<Tail>>,
+    tail: Arc<Mutex<LogTail>>,
     appends: u64,
     jobs: mpsc::Sender<Job>,
     durability: Durability,
@@ -88,7 +83,7 @@ impl Job {
 
 /// The writer thread: takes every job queued, writes them in one batch,
 /// synced if any needs it, then tells each waiter.
-fn write_queued(db: Arc<LogDb>, tail: Arc<Mutex<Tail>>, durability: Durability, queue: mpsc::Receiver<Job>) {
+fn write_queued(db: Arc<LogDb>, tail: Arc<Mutex<LogTail>>, durability: Durability, queue: mpsc::Receiver<Job>) {
     while let Ok(first) = queue.recv() {
         let mut jobs = vec![first];
         jobs.extend(queue.try_iter());
@@ -102,11 +97,7 @@ fn write_queued(db: Arc<LogDb>, tail: Arc<Mutex<Tail>>, durability: Durability, 
             let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
             for job in &jobs {
                 if let LogWrite::Append(rows) = &job.change {
-                    for (index, _) in rows {
-                        if tail.get(index).is_some_and(|(append, _)| *append == job.append) {
-                            tail.remove(index);
-                        }
-                    }
+                    tail.written(job.append, rows.iter().map(|(index, _)| *index));
                 }
             }
             drop(tail);
@@ -133,7 +124,7 @@ impl LogStore {
     pub fn new(db: LogDb, member_id: u64) -> Result<LogStore, StorageError<u64>> {
         let durability = Durability::new(last_written(&db)?);
         let db = Arc::new(db);
-        let tail = Arc::new(Mutex::new(Tail::new()));
+        let tail = Arc::new(Mutex::new(LogTail::default()));
         let (jobs, queue) = mpsc::channel::<Job>();
         let (writer_db, writer_tail, writer_durability) = (db.clone(), tail.clone(), durability.clone());
         std::thread::Builder::new()
@@ -162,7 +153,7 @@ impl LogStore {
             && entries.iter().all(|e| e.log_id.leader_id == term && !matches!(e.payload, EntryPayload::Membership(_)))
     }
 
-    fn tail(&self) -> std::sync::MutexGuard<'_, Tail> {
+    fn tail(&self) -> std::sync::MutexGuard<'_, LogTail> {
         self.tail.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -229,11 +220,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
         // between the two reads.)
         let (tail_from, mut entries) = {
             let tail = self.tail();
-            let tail_from = tail.first_key_value().map_or(to, |(&first, _)| first.clamp(from, to));
-            (tail_from, tail.range(tail_from..to).map(|(_, (_, e))| e.clone()).collect::<Vec<_>>())
+            let tail_from = tail.first_index().map_or(to, |first| first.clamp(from, to));
+            (tail_from, tail.entries(tail_from, to))
         };
-        // The usual case, a leader replicating what it just appended: all of
-        // it is still in the tail.
+        // The usual case, replicating or applying what was just appended:
+        // all of it is still in the tail.
         if tail_from == from {
             return Ok(entries);
         }
@@ -256,7 +247,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<u64>> {
         let last_purged_log_id = meta(&self.db, PURGED)?;
-        let in_tail = self.tail().last_key_value().map(|(_, (_, e))| e.log_id);
+        let in_tail = self.tail().last_log_id();
         let last_log_id = match in_tail {
             Some(id) => Some(id),
             None => last_written(&self.db)?,
@@ -302,8 +293,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         {
             let mut tail = self.tail();
             for entry in entries {
-                rows.push((entry.log_id.index, encode(&entry)));
-                tail.insert(entry.log_id.index, (append, entry));
+                let (index, bytes) = (entry.log_id.index, encode(&entry));
+                tail.push(append, entry, bytes.len());
+                rows.push((index, bytes));
             }
         }
         let change = LogWrite::Append(rows);
@@ -316,7 +308,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError<u64>> {
-        self.tail().split_off(&log_id.index);
+        self.tail().cut_from(log_id.index);
         // Waited for, so that no read sees the cut entries in RocksDB after
         // this returns.
         self.write_durably(LogWrite::TruncateFrom(log_id.index)).await?;
@@ -327,6 +319,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError<u64>> {
+        self.tail().drop_upto(log_id.index);
         self.queue(LogWrite::PurgeUpto(log_id.index, encode(&log_id)), 0, Notify::Nobody)
     }
 }

@@ -8,6 +8,7 @@ mod durability;
 pub mod credentials;
 pub mod dial;
 mod log_store;
+mod log_tail;
 pub mod members;
 pub mod network;
 mod peer_service;
