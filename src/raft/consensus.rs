@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use openraft::metrics::RaftMetrics;
+use openraft::metrics::{RaftMetrics, RaftServerMetrics};
 use openraft::{Config, SnapshotPolicy};
 
 use super::credentials::Credentials;
@@ -225,19 +225,20 @@ impl Consensus {
 
     /// Resolves with the error once Raft has stopped on a fatal one.
     pub async fn fatal(&self) -> String {
-        let mut metrics = self.raft.metrics();
-        loop {
-            if let Err(fatal) = &metrics.borrow_and_update().running_state {
-                return fatal.to_string();
-            }
-            if metrics.changed().await.is_err() {
-                return "raft is gone".into();
-            }
+        // Raft's server metrics end when it stops, and its full metrics
+        // then say why. (Those are sent on every turn of Raft's loop, many
+        // times per entry: waiting on them would wake this task as often.)
+        let mut server = self.raft.server_metrics();
+        while server.changed().await.is_ok() {}
+        match &self.raft.metrics().borrow().running_state {
+            Err(fatal) => fatal.to_string(),
+            Ok(()) => "raft is gone".into(),
         }
     }
 
-    pub fn metrics_watch(&self) -> tokio::sync::watch::Receiver<RaftMetrics<u64, PeerNode>> {
-        self.raft.metrics()
+    /// Raft's state, leader and membership, which change rarely.
+    pub fn server_metrics_watch(&self) -> tokio::sync::watch::Receiver<RaftServerMetrics<u64, PeerNode>> {
+        self.raft.server_metrics()
     }
 
     pub fn leader(&self) -> Option<u64> {
@@ -315,18 +316,25 @@ impl Consensus {
     /// its own applied membership, or from a peer that refused its vote.
     pub async fn removed(&self) {
         let mut refused = self.peers.removed_signal();
-        let mut metrics = self.raft.metrics();
+        // The server metrics change with the membership, not with every entry.
+        let mut server = self.raft.server_metrics();
         let mut checked = None;
         loop {
             if *refused.borrow_and_update() {
                 return;
             }
-            let (membership, applied) = {
-                let m = metrics.borrow_and_update();
-                (m.membership_config.log_id().clone(), m.last_applied.clone())
-            };
-            // The state machine records removals when it applies the change.
-            if membership.is_some() && membership != checked && applied >= membership {
+            let membership = server.borrow_and_update().membership_config.log_id().clone();
+            if membership.is_some() && membership != checked {
+                // The state machine records removals when it applies the change.
+                let mut data = self.raft.data_metrics();
+                let applied = tokio::select! {
+                    applied = data.wait_for(|d| d.last_applied >= membership) => applied.is_ok(),
+                    _ = refused.changed() => continue,
+                };
+                if !applied {
+                    // Raft has stopped: that is not a removal (`fatal` says why).
+                    std::future::pending::<()>().await;
+                }
                 checked = membership;
                 if super::known_removed(&self.store, self.member_id).await {
                     return;
@@ -334,7 +342,7 @@ impl Consensus {
             }
             let changed = tokio::select! {
                 changed = refused.changed() => changed,
-                changed = metrics.changed() => changed,
+                changed = server.changed() => changed,
             };
             if changed.is_err() {
                 // Raft has stopped: that is not a removal (`fatal` says why).

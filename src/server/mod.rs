@@ -358,7 +358,7 @@ fn serve_client_side(servers: &mut Servers, listener: Listener, routes: Routes, 
 
 /// etcd_server_leader_changes_seen_total: every new leader this member sees.
 async fn count_leader_changes(node: Arc<Node>) {
-    let mut raft = node.consensus.metrics_watch();
+    let mut raft = node.consensus.server_metrics_watch();
     let mut last = None;
     loop {
         let leader = raft.borrow_and_update().current_leader;
