@@ -5,8 +5,9 @@
 //! tenth of a lone put's time).
 //!
 //! The entries always form one run of indexes: written ones at the front,
-//! unwritten ones at the back. Entries leave from the front, and only once
-//! written; a truncation or a purge may cut either end.
+//! unwritten ones at the back. Beyond the budget, written entries leave from
+//! the front (an unwritten one never does); a truncation cuts the back, and
+//! a purge the front.
 
 use std::collections::BTreeMap;
 
