@@ -13,6 +13,7 @@ use common::{
     client, code_and_message, etcdctl, etcdctl_command, etcdctl_ok, leader_index, runtime, single_member,
     three_member_cluster_with, Member,
 };
+use etcd_client::proto::{PbLeaseKeepAliveRequest, PbLeaseKeepAliveResponse};
 use etcd_client::{
     EventType, GetOptions, LeaseGrantOptions, LeaseTimeToLiveOptions, LockOptions, PutOptions, WatchOptions,
 };
@@ -284,6 +285,34 @@ fn an_election_leader_that_dies_is_replaced() {
         c.resign(Some(etcd_client::ResignOptions::new().with_leader(won.leader().unwrap().clone()))).await.unwrap();
         let (_, msg) = code_and_message(c.leader("leader-of").await.unwrap_err());
         assert_eq!(msg, "election: no leader");
+    });
+}
+
+/// A keepalive stream's headers wait for the answer to its first request, so
+/// that both leave in one write; a client that waits for the headers before
+/// it sends anything must get them all the same.
+#[test]
+fn a_keepalive_stream_serves_a_client_that_waits_for_its_headers() {
+    let (_dir, m) = single_member(&[]);
+    runtime().block_on(async {
+        let id = client(&[m.endpoint()]).await.lease_grant(60, None).await.unwrap().id();
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", m.endpoint())).unwrap().connect().await.unwrap();
+        let mut grpc = tonic::client::Grpc::new(channel);
+        grpc.ready().await.unwrap();
+        let (send, requests) = tokio::sync::mpsc::channel(1);
+        let path = http::uri::PathAndQuery::from_static("/etcdserverpb.Lease/LeaseKeepAlive");
+        let codec = tonic_prost::ProstCodec::<PbLeaseKeepAliveRequest, PbLeaseKeepAliveResponse>::default();
+        let opened = grpc.streaming(tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(requests)), path, codec);
+        let mut answers = tokio::time::timeout(Duration::from_secs(5), opened)
+            .await
+            .expect("the headers came though nothing was sent")
+            .unwrap()
+            .into_inner();
+        for _ in 0..2 {
+            send.send(PbLeaseKeepAliveRequest { id }).await.unwrap();
+            let answer = answers.message().await.unwrap().unwrap();
+            assert_eq!((answer.id, answer.ttl), (id, 60));
+        }
     });
 }
 

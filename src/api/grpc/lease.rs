@@ -5,6 +5,7 @@
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use etcd_client::proto::{
     PbLeaseGrantRequest, PbLeaseGrantResponse, PbLeaseKeepAliveRequest, PbLeaseKeepAliveResponse,
@@ -42,6 +43,9 @@ impl LeaseService {
 }
 
 type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<PbLeaseKeepAliveResponse, Status>> + Send>>;
+
+/// How long a keepalive stream's headers wait for the answer to its first request.
+const FIRST_ANSWER_GRACE: Duration = Duration::from_millis(50);
 
 #[tonic::async_trait]
 impl PbLeaseService for LeaseService {
@@ -91,7 +95,18 @@ impl PbLeaseService for LeaseService {
                 Ok(PbLeaseKeepAliveResponse { header: header(&node, node.store.revision()), id, ttl })
             }
         });
-        Ok(Response::new(Box::pin(responses)))
+        let mut responses: KeepAliveStream = Box::pin(responses);
+        // The response headers go out when this returns. Most clients send a
+        // keepalive as they open the stream (a one-shot keepalive opens one per
+        // renewal): answered before returning, it leaves with the headers in one
+        // write, and the client wakes once, not twice. A client that waits for
+        // the headers before it sends waits this grace at most.
+        match tokio::time::timeout(FIRST_ANSWER_GRACE, responses.next()).await {
+            Ok(Some(first)) => responses = Box::pin(futures::stream::once(async { first }).chain(responses)),
+            Ok(None) => responses = Box::pin(futures::stream::empty()),
+            Err(_) => {}
+        }
+        Ok(Response::new(responses))
     }
 
     async fn lease_time_to_live(
