@@ -49,35 +49,38 @@ impl StateMachine {
         StateMachine { store, hub, lessor, snapshots, durability }
     }
 
-    /// Applies one command (or just moves the applied state, for `None`),
-    /// hands the revision it made to the watchers and its lease changes to
-    /// the lessor.
-    fn apply_one(
+    /// Applies a run of commands (`Store::apply_run`; none: just moves the
+    /// applied state), hands the revisions they made to the watchers and
+    /// their lease changes to the lessor.
+    fn apply_run(
         &self,
-        command: Option<&Command>,
+        run: &[&Command],
         raft_state: &[u8],
         progress: Option<&[u8]>,
-    ) -> Result<CommandResult, StorageError<u64>> {
+    ) -> Result<Vec<CommandResult>, StorageError<u64>> {
         let started = Instant::now();
-        let (result, changes) =
-            self.store.apply(command, raft_state, progress).map_err(|e| sm_error(ErrorVerb::Write, e))?;
+        let applied = self.store.apply_run(run, raft_state, progress).map_err(|e| sm_error(ErrorVerb::Write, e))?;
         let took = started.elapsed();
         if took > SLOW_APPLY {
             METRICS.slow_applies.inc();
-            tracing::warn!(took = ?took, expected_duration = ?SLOW_APPLY, "apply request took too long");
+            tracing::warn!(took = ?took, expected_duration = ?SLOW_APPLY, commands = run.len(), "apply request took too long");
         }
-        if let Some(changes) = changes {
-            self.hub.publish(changes);
-        }
-        if result.outcome.is_ok() {
-            match command.map(Command::unwrapped) {
-                Some(Command::LeaseGrant { id, ttl }) => self.lessor.granted(*id, *ttl),
-                Some(Command::LeaseRevoke { id }) => self.lessor.revoked(*id),
-                Some(Command::LeaseCheckpoint(remaining)) => self.lessor.checkpointed(remaining),
-                _ => {}
+        let mut results = Vec::with_capacity(applied.len());
+        for (&command, (result, changes)) in run.iter().zip(applied) {
+            if let Some(changes) = changes {
+                self.hub.publish(changes);
             }
+            if result.outcome.is_ok() {
+                match command.unwrapped() {
+                    Command::LeaseGrant { id, ttl } => self.lessor.granted(*id, *ttl),
+                    Command::LeaseRevoke { id } => self.lessor.revoked(*id),
+                    Command::LeaseCheckpoint(remaining) => self.lessor.checkpointed(remaining),
+                    _ => {}
+                }
+            }
+            results.push(result);
         }
-        Ok(result)
+        Ok(results)
     }
 
     fn share(&self) -> StateMachine {
@@ -96,6 +99,20 @@ impl StateMachine {
             Some(bytes) => decode(&bytes).map_err(|e| sm_error(ErrorVerb::Read, e)),
         }
     }
+}
+
+/// An entry's commands in the runs they are applied in: the longest
+/// stretches of commands that may share one write, and every other command
+/// alone.
+fn runs(commands: &[Command]) -> Vec<Vec<&Command>> {
+    let mut runs: Vec<Vec<&Command>> = Vec::new();
+    for command in commands {
+        match runs.last_mut() {
+            Some(run) if command.joins_run() && run[0].joins_run() => run.push(command),
+            _ => runs.push(vec![command]),
+        }
+    }
+    runs
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
@@ -151,29 +168,27 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     EntryPayload::Blank => Vec::new(),
                 };
                 let done_state = encode(&(Some(log_id), &membership));
-                let mut outcomes = Vec::with_capacity(commands.len());
                 if commands.is_empty() {
-                    sm.apply_one(None, &done_state, None)?;
+                    sm.apply_run(&[], &done_state, None)?;
                 }
-                // Each command is its own atomic write; until the last one the
-                // entry counts as not applied, and `progress` says how far it
-                // got, so a crash mid-entry neither loses nor repeats a command.
+                // Until its last run is written the entry counts as not
+                // applied, and `progress` says how far it got, so a crash
+                // mid-entry neither loses nor repeats a command.
                 let resume_at = interrupted.filter(|(id, _)| *id == log_id).map_or(0, |(_, done)| done);
-                for (i, command) in commands.iter().enumerate() {
-                    if i < resume_at {
-                        outcomes.push(CommandResult {
-                            revision: sm.store.revision(),
-                            outcome: Err(KvError::Internal("applied before a restart".into())),
-                        });
-                        continue;
-                    }
-                    let finished = i + 1 == commands.len();
-                    let result = if finished {
-                        sm.apply_one(Some(command), &done_state, None)
+                let mut outcomes: Vec<CommandResult> = (0..resume_at.min(commands.len()))
+                    .map(|_| CommandResult {
+                        revision: sm.store.revision(),
+                        outcome: Err(KvError::Internal("applied before a restart".into())),
+                    })
+                    .collect();
+                for run in runs(&commands[outcomes.len()..]) {
+                    let done = outcomes.len() + run.len();
+                    let run_results = if done == commands.len() {
+                        sm.apply_run(&run, &done_state, None)?
                     } else {
-                        sm.apply_one(Some(command), &applied_state, Some(&encode(&(log_id, i + 1))))
+                        sm.apply_run(&run, &applied_state, Some(&encode(&(log_id, done))))?
                     };
-                    outcomes.push(result?);
+                    outcomes.extend(run_results);
                 }
                 results.push(outcomes);
                 applied_state = done_state;
@@ -232,15 +247,21 @@ mod tests {
         Command::Write(Op::Put(PutArgs { key: key.into(), value: b"v".to_vec(), ..Default::default() }))
     }
 
+    /// A state machine on a new store whose log is on disk up to `log_id`.
+    fn state_machine(dir: &std::path::Path, log_id: LogId) -> (Arc<Store>, Arc<Hub>, StateMachine) {
+        let store = Arc::new(Store::open(&dir.join("db"), &crate::store::memory::MemberBudget::default().state).unwrap());
+        let hub = Arc::new(Hub::new(store.revision(), 1 << 20));
+        let lessor = Arc::new(Lessor::new(Vec::new()));
+        let snapshots = Arc::new(Snapshots::open(dir.join("raft")).unwrap());
+        let sm = StateMachine::new(store.clone(), hub.clone(), lessor, snapshots, Durability::new(Some(log_id)));
+        (store, hub, sm)
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn entry_cut_short_by_a_crash_resumes_without_repeating() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(&dir.path().join("db"), &crate::store::memory::MemberBudget::default().state).unwrap());
-        let hub = Arc::new(Hub::new(store.revision(), 1 << 20));
-        let lessor = Arc::new(Lessor::new(Vec::new()));
-        let snapshots = Arc::new(Snapshots::open(dir.path().join("raft")).unwrap());
         let log_id = LogId::new(CommittedLeaderId::new(1, 1), 5);
-        let mut sm = StateMachine::new(store.clone(), hub, lessor, snapshots, Durability::new(Some(log_id)));
+        let (store, _, mut sm) = state_machine(dir.path(), log_id);
         let commands = vec![put("a"), put("b"), put("c")];
 
         // What a crash right after the entry's first command leaves on disk.
@@ -256,5 +277,25 @@ mod tests {
         assert!(store.entry_progress().unwrap().is_none());
         let (a, _) = store.range(&RangeArgs { key: b"a".to_vec(), ..Default::default() }).unwrap();
         assert_eq!((a.kvs[0].version, a.kvs[0].mod_revision), (1, 2));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn writes_share_a_run_and_other_commands_apply_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let log_id = LogId::new(CommittedLeaderId::new(1, 1), 5);
+        let (_, hub, mut sm) = state_machine(dir.path(), log_id);
+        let with_lease = Command::Write(Op::Put(PutArgs { key: b"c".to_vec(), lease: 7, ..Default::default() }));
+        let at_revision = Command::Write(Op::Range(RangeArgs { key: b"a".to_vec(), revision: 2, ..Default::default() }));
+        let commands = vec![put("a"), put("b"), Command::LeaseGrant { id: 7, ttl: 60 }, with_lease, put("d"), at_revision];
+        let grouped: Vec<usize> = runs(&commands).iter().map(Vec::len).collect();
+        assert_eq!(grouped, [2, 1, 2, 1]);
+
+        let results = sm.apply([Entry { log_id, payload: EntryPayload::Normal(commands) }]).await.unwrap();
+        let revisions: Vec<i64> = results[0].iter().map(|r| r.revision).collect();
+        assert_eq!(revisions, [2, 3, 3, 4, 5, 5]);
+        assert!(results[0].iter().all(|r| r.outcome.is_ok()), "the put saw the lease granted before it: {results:?}");
+        assert_eq!(hub.revision(), 5, "each revision went to the watchers");
+        assert_eq!(hub.recent(2, 5, usize::MAX).map(|(r, covered)| (r.len(), covered)), Some((4, 5)));
+        assert_eq!(sm.raft_state().unwrap().0, Some(log_id));
     }
 }

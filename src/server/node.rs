@@ -175,9 +175,10 @@ impl Node {
     }
 
     /// Commits a command. As etcd: while a CORRUPT alarm is raised, nothing
-    /// that changes keys or leases is; once the store outgrows its space quota,
-    /// a NOSPACE alarm is raised through Raft, and while it is, every member
-    /// refuses commands that add data (until `alarm disarm`).
+    /// that changes keys or leases is; once the store outgrows its space quota
+    /// (by its size at most 100 ms ago, as etcd's check reads it), a NOSPACE
+    /// alarm is raised through Raft, and while it is, every member refuses
+    /// commands that add data (until `alarm disarm`).
     pub async fn write(&self, command: Command) -> Result<CommandResult, KvError> {
         if self.store.corrupted() && command.changes_data() {
             return Err(KvError::Corrupt);
@@ -186,7 +187,7 @@ impl Node {
         if adds_data && self.store.out_of_space() {
             return Err(KvError::NoSpace);
         }
-        if adds_data && self.store.size_bytes() > self.limits.quota_backend_bytes {
+        if adds_data && self.store.recent_size_bytes() > self.limits.quota_backend_bytes {
             let alarm = Command::Alarm { activate: true, member_id: self.member_id, alarm: ALARM_NOSPACE };
             if let Err(e) = self.consensus.write(alarm).await {
                 tracing::warn!(error = %e, "raising the NOSPACE alarm");

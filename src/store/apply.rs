@@ -1,6 +1,9 @@
-//! Executes one command against a view: the MVCC write path (Put, DeleteRange,
-//! Txn, Compact). Writes land in one RocksDB WriteBatch per command, so a
-//! command is applied whole or not at all, together with its Raft log id.
+//! Executes commands against a view: the MVCC write path (Put, DeleteRange,
+//! Txn, Compact). Writes land in one RocksDB WriteBatch, for one command or
+//! for a run of consecutive ones (each its own revision, each seeing the ones
+//! before it through the view's overlay), written together with the Raft log
+//! id: a run is applied whole or not at all, and a command that fails changes
+//! nothing.
 
 use std::collections::BTreeSet;
 
@@ -16,15 +19,33 @@ use super::Cfs;
 pub struct Execution<'a> {
     pub(super) view: View<'a>,
     pub(super) batch: WriteBatch,
-    /// What this command changed, in order, for watchers.
-    pub(super) changes: Vec<Change>,
-    /// Sub-revision of the next change; non-zero once this command changed anything.
+    /// What the current command changed, in order, for watchers.
+    changes: Vec<Change>,
+    /// Sub-revision of the next change; non-zero once the current command changed anything.
     sub: u32,
+    /// The view's revision before the first command.
+    first_revision: i64,
+    /// What each overlay entry the current command staged replaced, oldest
+    /// first, to restore if the command fails.
+    replaced: Vec<(Vec<u8>, Option<Option<Stored>>)>,
+}
+
+/// Where the current command began: what `rollback` returns to.
+pub struct Mark {
+    batch_bytes: usize,
+    batch_count: usize,
 }
 
 impl<'a> Execution<'a> {
     pub fn new(view: View<'a>) -> Self {
-        Execution { view, batch: WriteBatch::default(), changes: Vec::new(), sub: 0 }
+        let first_revision = view.revision;
+        Execution { view, batch: WriteBatch::default(), changes: Vec::new(), sub: 0, first_revision, replaced: Vec::new() }
+    }
+
+    /// Marks the start of a command.
+    pub fn mark(&mut self) -> Mark {
+        self.replaced.clear();
+        Mark { batch_bytes: self.batch.data().len(), batch_count: self.batch.len() }
     }
 
     /// The revision of the store once this command is done.
@@ -95,7 +116,7 @@ impl<'a> Execution<'a> {
             },
         };
         self.move_to_lease(&args.key, prev.as_ref().map_or(0, |p| p.lease), stored.lease);
-        self.view.overlay.insert(args.key.clone(), Some(stored.clone()));
+        self.stage(args.key.clone(), Some(stored.clone()));
         let prev = prev.map(|p| p.into_kv(args.key.clone()));
         let prev_kv = if args.prev_kv { prev.clone() } else { None };
         let Stored { create_revision, mod_revision, version, lease, .. } = stored;
@@ -117,7 +138,7 @@ impl<'a> Execution<'a> {
             let tombstone = KeyValue { key: kv.key.clone(), mod_revision: rev, ..Default::default() };
             self.record(tombstone, true, Some(kv.clone()));
             self.move_to_lease(&kv.key, kv.lease, 0);
-            self.view.overlay.insert(kv.key.clone(), None);
+            self.stage(kv.key.clone(), None);
         }
         let deleted = doomed.len() as i64;
         Ok(OpResult::Delete { deleted, prev_kvs: if args.prev_kv { doomed } else { Vec::new() } })
@@ -234,20 +255,57 @@ impl<'a> Execution<'a> {
         Ok(())
     }
 
-    /// Forgets the changes of a command that failed part-way.
-    pub fn discard(&mut self) {
-        self.batch.clear();
+    /// Makes `value` (`None`: deleted) what later reads of `key` see.
+    fn stage(&mut self, key: Vec<u8>, value: Option<Stored>) {
+        let replaced = self.view.overlay.insert(key.clone(), value);
+        self.replaced.push((key, replaced));
+    }
+
+    /// Forgets the current command, which failed part-way: its writes, its
+    /// changes and what it staged in the overlay.
+    pub fn rollback(&mut self, mark: Mark) {
+        if self.batch.len() != mark.batch_count {
+            self.batch = batch_prefix(&self.batch, mark.batch_bytes, mark.batch_count);
+        }
+        for (key, replaced) in self.replaced.drain(..).rev() {
+            match replaced {
+                Some(value) => self.view.overlay.insert(key, value),
+                None => self.view.overlay.remove(&key),
+            };
+        }
         self.changes.clear();
         self.sub = 0;
     }
 
-    /// Records the new store revision if this command changed anything.
-    pub fn finish(&mut self) {
+    /// Ends the current command: its revision (a new one if it changed
+    /// anything) and its changes; the next command writes after it.
+    pub fn end_command(&mut self) -> (i64, Vec<Change>) {
         if self.sub > 0 {
-            let rev = self.write_revision();
+            self.view.revision += 1;
+            self.sub = 0;
+        }
+        (self.view.revision, std::mem::take(&mut self.changes))
+    }
+
+    /// Records the new store revision if the commands changed anything.
+    pub fn finish(&mut self) {
+        if self.view.revision > self.first_revision {
+            let rev = self.view.revision;
             self.batch.put_cf(Cfs::handle(self.view.db, Cfs::META), keys::META_REVISION, rev.to_be_bytes());
         }
     }
+}
+
+/// The batch as it was when it held `count` records in `bytes` bytes.
+/// rust-rocksdb does not offer RocksDB's save points; this is what they do:
+/// a batch's bytes are a 12-byte header (sequence number, then the record
+/// count as a little-endian u32) followed by the records in order
+/// (rocksdb/db/write_batch.cc), so a prefix with its count set back is the
+/// earlier batch.
+fn batch_prefix(batch: &WriteBatch, bytes: usize, count: usize) -> WriteBatch {
+    let mut data = batch.data()[..bytes].to_vec();
+    data[8..12].copy_from_slice(&(count as u32).to_le_bytes());
+    WriteBatch::from_data(&data)
 }
 
 /// etcd rejects a txn branch that writes a key twice (a put inside another

@@ -15,6 +15,8 @@ mod view;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use rocksdb::{ColumnFamilyDescriptor, IteratorMode, WriteBatch, WriteOptions, DB};
 
@@ -97,7 +99,15 @@ pub struct Store {
     /// The auth state as last applied, for checks that must not read the database.
     pub auth: Registry,
     pages: pages::PageCounts,
+    /// The last `size_bytes` read and when, for `recent_size_bytes`.
+    size_seen: Mutex<Option<(Instant, u64)>>,
 }
+
+/// How old a size the space quota check of every write may use: reading it
+/// takes two RocksDB properties of every column family (a tenth of a busy
+/// leader's CPU when read for each put). etcd's check reads a size that its
+/// backend updates once per batch commit, every 100 ms.
+const SIZE_STALENESS: Duration = Duration::from_millis(100);
 
 /// The state database's options, for its column families and the table
 /// files a snapshot install writes.
@@ -124,6 +134,7 @@ impl Store {
             installing: AtomicBool::new(false),
             auth: Registry::new(AuthState::default()),
             pages: Default::default(),
+            size_seen: Mutex::new(None),
         };
         let failed = |e| OpenError { path: dir.display().to_string(), reason: detail(e) };
         store.check_layout().map_err(failed)?;
@@ -202,17 +213,35 @@ impl Store {
         Ok((result, exec.revision()))
     }
 
-    /// Applies one committed command and records, in the same atomic write,
-    /// `raft_state` (the Raft layer's applied log id and membership) and
-    /// `progress` (how far into a multi-command entry it is, if not done).
-    /// Returns the command's result and, if it made a new revision, that
-    /// revision's changes for watchers.
+    /// Applies one committed command (`None`: only records `raft_state`);
+    /// see `apply_run`.
     pub fn apply(
         &self,
         command: Option<&Command>,
         raft_state: &[u8],
         progress: Option<&[u8]>,
     ) -> Result<(CommandResult, Option<RevisionChanges>), KvError> {
+        let mut applied = self.apply_run(command.as_slice(), raft_state, progress)?;
+        Ok(applied.pop().unwrap_or_else(|| (CommandResult { revision: self.revision(), outcome: Ok(OpResult::Done) }, None)))
+    }
+
+    /// Applies consecutive committed commands, each as its own revision, in
+    /// one atomic write together with `raft_state` (the Raft layer's applied
+    /// log id and membership) and `progress` (how far into a multi-command
+    /// entry it is, if not done): one write for a run instead of one per
+    /// command is what a busy leader's entries of many puts cost least.
+    /// More than one command must all be `Command::joins_run`. Returns each
+    /// command's result and, if it made a new revision, that revision's
+    /// changes for watchers.
+    pub fn apply_run(
+        &self,
+        run: &[&Command],
+        raft_state: &[u8],
+        progress: Option<&[u8]>,
+    ) -> Result<Vec<(CommandResult, Option<RevisionChanges>)>, KvError> {
+        if run.len() > 1 && !run.iter().all(|c| c.joins_run()) {
+            return Err(KvError::Internal("a command that must be applied alone was given in a run".into()));
+        }
         let view = View {
             db: &self.db,
             snapshot: None,
@@ -223,27 +252,32 @@ impl Store {
         };
         let mut exec = apply::Execution::new(view);
         let mut auth_applied = None;
-        let outcome = match command {
-            // Blank and membership entries only move the applied log id.
-            None => Ok(OpResult::Done),
-            // The alarms are refused here too, not only where commands are
-            // proposed: a member that had not yet applied an alarm may have
-            // proposed a command the log orders after it.
-            Some(command) if command.changes_data() && self.corrupted() => Err(KvError::Corrupt),
-            Some(command) if command.adds_data() && self.out_of_space() => Err(KvError::NoSpace),
-            Some(command) => self.execute(&mut exec, command, None, &mut auth_applied),
-        };
-        if let Err(KvError::Internal(e)) = &outcome {
-            // Storage trouble, not a client mistake: applying on would let
-            // this member drift from the others, so Raft must stop instead.
-            return Err(KvError::Internal(e.clone()));
-        }
-        if outcome.is_err() {
-            // A failed command changes nothing but the applied log id.
-            exec.discard();
+        let mut applied = Vec::with_capacity(run.len());
+        for &command in run {
+            let mark = exec.mark();
+            let outcome = match command {
+                // The alarms are refused here too, not only where commands are
+                // proposed: a member that had not yet applied an alarm may have
+                // proposed a command the log orders after it.
+                command if command.changes_data() && self.corrupted() => Err(KvError::Corrupt),
+                command if command.adds_data() && self.out_of_space() => Err(KvError::NoSpace),
+                command => self.execute(&mut exec, command, None, &mut auth_applied),
+            };
+            if let Err(KvError::Internal(e)) = &outcome {
+                // Storage trouble, not a client mistake: applying on would let
+                // this member drift from the others, so Raft must stop instead.
+                return Err(KvError::Internal(e.clone()));
+            }
+            if outcome.is_err() {
+                // A failed command changes nothing but the applied log id.
+                exec.rollback(mark);
+            }
+            let (revision, changes) = exec.end_command();
+            let changes = (!changes.is_empty()).then_some(RevisionChanges { revision, changes });
+            applied.push((CommandResult { revision, outcome }, changes));
         }
         exec.finish();
-        let revision = exec.revision();
+        let revision = exec.view.revision;
         let mut batch = std::mem::take(&mut exec.batch);
         let meta = Cfs::handle(&self.db, Cfs::META);
         batch.put_cf(meta, keys::META_RAFT_APPLIED, raft_state);
@@ -253,19 +287,20 @@ impl Store {
         }
         self.write(batch)?;
         self.revision.store(revision, Ordering::SeqCst);
-        if let Some(Command::Compact { revision: c, .. }) = command.map(Command::unwrapped) {
-            if outcome.is_ok() {
+        // What a command alone in its run changes beyond the keys.
+        if let [command] = run {
+            let done = applied[0].0.outcome.is_ok();
+            if let (Command::Compact { revision: c, .. }, true) = (command.unwrapped(), done) {
                 self.compact_revision.send_replace(*c);
             }
+            if matches!(command, Command::Alarm { .. }) {
+                self.load_alarms()?;
+            }
+            if let (Some((change, state)), true) = (auth_applied, done) {
+                self.auth.applied(change, state);
+            }
         }
-        if matches!(command, Some(Command::Alarm { .. })) {
-            self.load_alarms()?;
-        }
-        if let (Some((change, state)), Ok(_)) = (auth_applied, &outcome) {
-            self.auth.applied(change, state);
-        }
-        let changes = (!exec.changes.is_empty()).then_some(RevisionChanges { revision, changes: exec.changes });
-        Ok((CommandResult { revision, outcome }, changes))
+        Ok(applied)
     }
 
     /// Executes one command into `exec`'s batch. `user` is the client's
@@ -468,6 +503,19 @@ impl Store {
     pub fn estimated_keys(&self) -> u64 {
         let latest = Cfs::handle(&self.db, Cfs::LATEST);
         self.db.property_int_value_cf(latest, "rocksdb.estimate-num-keys").ok().flatten().unwrap_or(0)
+    }
+
+    /// `size_bytes` as read at most `SIZE_STALENESS` ago.
+    pub fn recent_size_bytes(&self) -> u64 {
+        let seen = *self.size_seen.lock().unwrap_or_else(|p| p.into_inner());
+        match seen {
+            Some((at, size)) if at.elapsed() < SIZE_STALENESS => size,
+            _ => {
+                let size = self.size_bytes();
+                *self.size_seen.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), size));
+                size
+            }
+        }
     }
 
     /// Bytes on disk (SST files plus memtables), for Status and the space quota.

@@ -386,6 +386,19 @@ impl Command {
         }
     }
 
+    /// True when the command may share one write with the commands around
+    /// it (`Store::apply_run`): a client's write whose reads all see the
+    /// latest state, which the commands before it in the run leave in the
+    /// overlay. A read at a given revision may need history the run has not
+    /// yet written, and the other commands change what later ones check
+    /// (leases, auth, alarms, the compact revision).
+    pub fn joins_run(&self) -> bool {
+        match self.unwrapped() {
+            Command::Write(op) => op.reads_latest_only(),
+            _ => false,
+        }
+    }
+
     /// The command itself, without the user an `Authorized` one carries.
     pub fn unwrapped(&self) -> &Command {
         match self {
@@ -396,6 +409,15 @@ impl Command {
 }
 
 impl Op {
+    /// True when every range in the op reads at the latest revision.
+    fn reads_latest_only(&self) -> bool {
+        match self {
+            Op::Range(r) => r.revision <= 0,
+            Op::Put(_) | Op::Delete(_) => true,
+            Op::Txn(t) => t.success.iter().chain(&t.failure).all(Op::reads_latest_only),
+        }
+    }
+
     /// True when the op may add data: what the space quota refuses, while
     /// deletes still get through to free space (as etcd's quota does).
     pub fn adds_data(&self) -> bool {

@@ -413,7 +413,7 @@ pub fn db_error(e: rocksdb::Error) -> KvError {
 mod tests {
     use super::*;
     use crate::store::memory::MemberBudget;
-    use crate::store::types::{Command, DeleteArgs, Op, OpResult, PutArgs, TxnArgs};
+    use crate::store::types::{Command, Compare, CompareResult, CompareTarget, DeleteArgs, Op, OpResult, PutArgs, TxnArgs};
     use crate::store::Store;
 
     fn open(dir: &std::path::Path) -> Store {
@@ -620,5 +620,61 @@ mod tests {
         let second = RangeArgs { key: [first.kvs[499].key.as_slice(), b"\0"].concat(), ..all(now, 500) };
         assert_eq!(range(&store, second.clone()).count, 699, "counted from the first page");
         assert_eq!(store.snapshot_view(Reach::Disk).unwrap().range(&second, None).unwrap().count, 599, "counted again");
+    }
+
+    #[test]
+    fn a_run_of_writes_gives_each_its_revision_and_a_failed_one_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        put(&store, "k1", "a");
+        let put_op = |key: &str, value: &str, lease: i64| {
+            Op::Put(PutArgs { key: key.into(), value: value.into(), lease, prev_kv: true, ..Default::default() })
+        };
+        // Writes k4, then fails on a lease that does not exist.
+        let half_done = Op::Txn(TxnArgs { success: vec![put_op("k4", "x", 0), put_op("k5", "y", 999)], ..Default::default() });
+        let k1_is_b = Compare {
+            result: CompareResult::Equal,
+            target: CompareTarget::Value(b"b".to_vec()),
+            key: b"k1".to_vec(),
+            range_end: Vec::new(),
+        };
+        let run: Vec<Command> = [
+            half_done.clone(),
+            put_op("k1", "b", 0),
+            put_op("k2", "c", 0),
+            Op::Txn(TxnArgs { compare: vec![k1_is_b], success: vec![put_op("k3", "d", 0)], ..Default::default() }),
+            half_done,
+            Op::Delete(DeleteArgs { key: b"k2".to_vec(), range_end: Vec::new(), prev_kv: true }),
+            put_op("k1", "e", 0),
+            put_op("k4", "z", 0),
+        ]
+        .into_iter()
+        .map(Command::Write)
+        .collect();
+        assert!(run.iter().all(Command::joins_run));
+        let applied = store.apply_run(&run.iter().collect::<Vec<_>>(), b"", None).unwrap();
+
+        let revisions: Vec<i64> = applied.iter().map(|(r, _)| r.revision).collect();
+        assert_eq!(revisions, [2, 3, 4, 5, 5, 6, 7, 8], "a failed command makes no revision");
+        assert_eq!(applied[0].0.outcome, Err(KvError::LeaseNotFound));
+        assert_eq!(applied[4].0.outcome, Err(KvError::LeaseNotFound));
+        assert!(applied[0].1.is_none() && applied[4].1.is_none(), "no changes for watchers from a failed command");
+        let Ok(OpResult::Txn { succeeded: true, .. }) = &applied[3].0.outcome else { panic!("the txn saw k1=b: {:?}", applied[3]) };
+        let Ok(OpResult::Delete { prev_kvs, .. }) = &applied[5].0.outcome else { panic!("{:?}", applied[5]) };
+        assert_eq!((prev_kvs[0].value.as_slice(), prev_kvs[0].mod_revision), (&b"c"[..], 4));
+        let Ok(OpResult::Put { prev_kv: Some(prev) }) = &applied[6].0.outcome else { panic!("{:?}", applied[6]) };
+        assert_eq!((prev.value.as_slice(), prev.version), (&b"b"[..], 2));
+        let Ok(OpResult::Put { prev_kv: None }) = &applied[7].0.outcome else { panic!("k4 was only written by failed txns: {:?}", applied[7]) };
+        let watched: Vec<(i64, i64)> = applied.iter().filter_map(|(_, c)| c.as_ref()).map(|c| (c.revision, c.changes[0].kv.mod_revision)).collect();
+        assert_eq!(watched, [(3, 3), (4, 4), (5, 5), (6, 6), (7, 7), (8, 8)]);
+
+        // All of it is in RocksDB, the failed writes nowhere, also after a reopen.
+        drop(store);
+        let store = open(dir.path());
+        assert_eq!(store.revision(), 8);
+        assert_eq!(pairs(&range(&store, all(0, 0))), [pair("k1", "e"), pair("k3", "d"), pair("k4", "z")]);
+        assert_eq!(pairs(&range(&store, all(4, 0))), [pair("k1", "b"), pair("k2", "c")]);
+        let k1 = &range(&store, RangeArgs { key: b"k1".to_vec(), ..Default::default() }).kvs[0];
+        assert_eq!((k1.create_revision, k1.mod_revision, k1.version), (2, 7, 3));
     }
 }
