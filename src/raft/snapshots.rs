@@ -172,7 +172,7 @@ mod tests {
     fn put(store: &Store, key: &str, index: u64) {
         let command = Command::Write(Op::Put(PutArgs { key: key.into(), value: b"v".to_vec(), ..Default::default() }));
         let log_id = LogId::new(CommittedLeaderId::new(1, 1), index);
-        store.apply(Some(&command), &encode(&(Some(log_id), StoredMembership::default())), None).unwrap();
+        store.apply(&command, &encode(&(Some(log_id), StoredMembership::default())), None).unwrap();
     }
 
     fn keys(store: &Store) -> Vec<Vec<u8>> {

@@ -267,7 +267,7 @@ mod tests {
         // What a crash right after the entry's first command leaves on disk.
         let (applied, membership) = sm.raft_state().unwrap();
         let before = encode(&(applied, &membership));
-        store.apply(Some(&commands[0]), &before, Some(&encode(&(log_id, 1usize)))).unwrap();
+        store.apply(&commands[0], &before, Some(&encode(&(log_id, 1usize)))).unwrap();
         assert_eq!(sm.raft_state().unwrap().0, None, "the entry does not count as applied yet");
 
         let results = sm.apply([Entry { log_id, payload: EntryPayload::Normal(commands) }]).await.unwrap();

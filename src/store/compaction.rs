@@ -88,7 +88,7 @@ mod tests {
 
     fn put(store: &Store, key: &str, value: &str) {
         let args = PutArgs { key: key.into(), value: value.into(), ..Default::default() };
-        store.apply(Some(&Command::Write(Op::Put(args))), b"", None).unwrap();
+        store.apply(&Command::Write(Op::Put(args)), b"", None).unwrap();
     }
 
     fn rows(store: &Store, cf: &str) -> usize {
@@ -105,10 +105,10 @@ mod tests {
         put(&store, "b", "1");
         put(&store, "c", "1");
         let delete = DeleteArgs { key: b"c".to_vec(), ..Default::default() };
-        store.apply(Some(&Command::Write(Op::Delete(delete))), b"", None).unwrap();
+        store.apply(&Command::Write(Op::Delete(delete)), b"", None).unwrap();
         put(&store, "a", "3");
         assert_eq!(rows(&store, Cfs::HISTORY), 6);
-        store.apply(Some(&Command::Compact { revision: 6, physical: false }), b"", None).unwrap();
+        store.apply(&Command::Compact { revision: 6, physical: false }, b"", None).unwrap();
         assert_eq!(rows(&store, Cfs::HISTORY), 6, "applying a compaction removes nothing itself");
         assert_eq!(*store.compaction_requests().borrow(), 6);
 

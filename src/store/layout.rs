@@ -62,7 +62,7 @@ mod tests {
 
     fn put(store: &Store, key: &str, value: &str) {
         let put = PutArgs { key: key.into(), value: value.into(), ..Default::default() };
-        store.apply(Some(&Command::Write(Op::Put(put))), b"", None).unwrap().0.outcome.unwrap();
+        store.apply(&Command::Write(Op::Put(put)), b"", None).unwrap().0.outcome.unwrap();
     }
 
     /// (key, value, version) of every live key.

@@ -213,16 +213,16 @@ impl Store {
         Ok((result, exec.revision()))
     }
 
-    /// Applies one committed command (`None`: only records `raft_state`);
-    /// see `apply_run`.
+    /// Applies one committed command alone; see `apply_run`.
+    #[cfg(test)]
     pub fn apply(
         &self,
-        command: Option<&Command>,
+        command: &Command,
         raft_state: &[u8],
         progress: Option<&[u8]>,
     ) -> Result<(CommandResult, Option<RevisionChanges>), KvError> {
-        let mut applied = self.apply_run(command.as_slice(), raft_state, progress)?;
-        Ok(applied.pop().unwrap_or_else(|| (CommandResult { revision: self.revision(), outcome: Ok(OpResult::Done) }, None)))
+        let mut applied = self.apply_run(&[command], raft_state, progress)?;
+        Ok(applied.pop().expect("a result for each command"))
     }
 
     /// Applies consecutive committed commands, each as its own revision, in

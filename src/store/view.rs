@@ -421,7 +421,7 @@ mod tests {
     }
 
     fn write(store: &Store, op: Op) -> OpResult {
-        store.apply(Some(&Command::Write(op)), b"", None).unwrap().0.outcome.unwrap()
+        store.apply(&Command::Write(op), b"", None).unwrap().0.outcome.unwrap()
     }
 
     fn put(store: &Store, key: &str, value: &str) {
