@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the fully static cairn binary (glibc, libstdc++ and RocksDB linked
+# Builds the fully static cairn binary (glibc, libstdc++, jemalloc and RocksDB linked
 # in) and the FROM-scratch image cairn:latest from Containerfile.
 #   scripts/build-image.sh            # docker
 #   CONTAINER_TOOL=podman scripts/build-image.sh

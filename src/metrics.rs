@@ -161,7 +161,7 @@ impl Metrics {
             ),
             heap_bytes: registered(
                 &r,
-                IntGaugeVec::new(opts("cairn", "", "heap_bytes", "Bytes of the process heap (malloc), in use and free."), &["state"]),
+                IntGaugeVec::new(opts("cairn", "", "heap_bytes", "Bytes of the process heap (jemalloc): in use, and resident but free."), &["state"]),
             ),
             registry: r,
         }
