@@ -161,7 +161,7 @@ impl Metrics {
             ),
             heap_bytes: registered(
                 &r,
-                IntGaugeVec::new(opts("cairn", "", "heap_bytes", "Bytes of the process heap (jemalloc): in use, and resident but free."), &["state"]),
+                IntGaugeVec::new(opts("cairn", "", "heap_bytes", "Bytes of the process heap, jemalloc's and glibc malloc's together: in use, and kept but free."), &["state"]),
             ),
             registry: r,
         }
