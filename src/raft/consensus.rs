@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use openraft::metrics::{RaftMetrics, RaftServerMetrics};
 use openraft::{Config, SnapshotPolicy};
 
+use super::durability::Durability;
 use super::credentials::Credentials;
 use super::dial::{DialError, Dialer};
 use super::members::{ChangeFailure, ClusterInfo, MemberChange, Members, MembersSettings};
@@ -55,6 +56,8 @@ pub struct Consensus {
     lessor: Arc<Lessor>,
     members: Members,
     store: Arc<Store>,
+    /// How far this member's log is on disk, and whether its writer failed.
+    durability: Durability,
 }
 
 /// How a failed attempt ends: try again (nothing was proposed), or give up.
@@ -126,7 +129,7 @@ impl Consensus {
         )
         .await?;
         tokio::spawn({
-            let raft = raft.clone();
+            let (raft, durability) = (raft.clone(), durability.clone());
             async move { durability.pay_owed_commits(raft).await }
         });
         // etcd's request timeout: 5 s plus two election timeouts.
@@ -162,6 +165,7 @@ impl Consensus {
             lessor,
             members,
             store,
+            durability,
         })
     }
 
@@ -223,16 +227,26 @@ impl Consensus {
         answer
     }
 
-    /// Resolves with the error once Raft has stopped on a fatal one.
+    /// Resolves with the error once Raft has stopped on a fatal one, or
+    /// this member's log writer failed. Raft hears of a failed write of a
+    /// leader's own entries only when it next applies (they were reported
+    /// flushed early): a leader that cannot write its log must stop at once,
+    /// not keep the others from electing one that can.
     pub async fn fatal(&self) -> String {
-        // Raft's server metrics end when it stops, and its full metrics
-        // then say why. (Those are sent on every turn of Raft's loop, many
-        // times per entry: waiting on them would wake this task as often.)
-        let mut server = self.raft.server_metrics();
-        while server.changed().await.is_ok() {}
-        match &self.raft.metrics().borrow().running_state {
-            Err(fatal) => fatal.to_string(),
-            Ok(()) => "raft is gone".into(),
+        let stopped = async {
+            // Raft's server metrics end when it stops, and its full metrics
+            // then say why. (Those are sent on every turn of Raft's loop, many
+            // times per entry: waiting on them would wake this task as often.)
+            let mut server = self.raft.server_metrics();
+            while server.changed().await.is_ok() {}
+            match &self.raft.metrics().borrow().running_state {
+                Err(fatal) => fatal.to_string(),
+                Ok(()) => "raft is gone".to_string(),
+            }
+        };
+        tokio::select! {
+            fatal = stopped => fatal,
+            failed = self.durability.failure() => format!("writing the raft log: {failed}"),
         }
     }
 

@@ -13,6 +13,10 @@
 //!
 //! Once the leader's fsync completes, the entry is on the disks of a quorum,
 //! which is what Raft's commit rule asks for.
+//!
+//! What the followers got early may be missing from the leader's log after a
+//! crash, so a leader that restarts never leads its old term again
+//! (`LogStore::read_vote`), and a leader whose log writer fails stops at once.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -79,6 +83,17 @@ impl Durability {
         match failed {
             None => Ok(()),
             Some(e) => Err(StorageIOError::new(ErrorSubject::Logs, ErrorVerb::Write, openraft::AnyError::error(e)).into()),
+        }
+    }
+
+    /// Resolves with the reason once the log writer has failed.
+    pub async fn failure(&self) -> String {
+        let mut on_disk = self.on_disk.subscribe();
+        let failed = on_disk.wait_for(|d| d.failed.is_some()).await.map(|d| d.failed.clone().unwrap_or_default());
+        match failed {
+            Ok(failed) => failed,
+            // Unreachable while `self` holds the sender.
+            Err(_) => std::future::pending().await,
         }
     }
 
@@ -164,8 +179,14 @@ mod tests {
             let durability = durability.clone();
             async move { durability.reached(1).await }
         });
+        let failure = tokio::spawn({
+            let durability = durability.clone();
+            async move { durability.failure().await }
+        });
         tokio::task::yield_now().await;
+        assert!(!failure.is_finished(), "nothing failed yet");
         durability.failed("disk full");
         assert!(waiting.await.unwrap().is_err());
+        assert_eq!(failure.await.unwrap(), "disk full");
     }
 }

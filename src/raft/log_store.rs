@@ -83,30 +83,48 @@ impl Job {
 
 /// The writer thread: takes every job queued, writes them in one batch,
 /// synced if any needs it, then tells each waiter.
-fn write_queued(db: Arc<LogDb>, tail: Arc<Mutex<LogTail>>, durability: Durability, queue: mpsc::Receiver<Job>) {
+///
+/// After a failed write it writes nothing more and fails every later job:
+/// what is on disk stays a prefix of what was queued. (RocksDB may accept
+/// writes again once the disk has room; a commit index or later entries
+/// written then, behind entries that were not, would let a restart apply
+/// entries this log lacks.)
+fn write_queued(
+    write: impl Fn(&mut dyn Iterator<Item = &LogWrite>, bool) -> Result<(), String>,
+    tail: Arc<Mutex<LogTail>>,
+    durability: Durability,
+    queue: mpsc::Receiver<Job>,
+) {
+    let mut broken: Option<String> = None;
     while let Ok(first) = queue.recv() {
         let mut jobs = vec![first];
         jobs.extend(queue.try_iter());
         let sync = jobs.iter().any(Job::needs_sync);
         let started = std::time::Instant::now();
-        let result = db.write(jobs.iter().map(|j| &j.change), sync).map_err(|e| e.to_string());
-        if sync {
+        let result = match &broken {
+            Some(e) => Err(e.clone()),
+            None => write(&mut jobs.iter().map(|j| &j.change), sync),
+        };
+        if sync && broken.is_none() {
             METRICS.wal_fsync_seconds.observe(started.elapsed().as_secs_f64());
         }
-        if result.is_ok() {
-            let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
-            for job in &jobs {
-                if let LogWrite::Append(rows) = &job.change {
-                    tail.written(job.append, rows.iter().map(|(index, _)| *index));
+        match &result {
+            Ok(()) => {
+                let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
+                for job in &jobs {
+                    if let LogWrite::Append(rows) = &job.change {
+                        tail.written(job.append, rows.iter().map(|(index, _)| *index));
+                    }
+                }
+                drop(tail);
+                if let Some(last) = jobs.iter().filter_map(|j| j.last).max_by_key(|l| l.index) {
+                    durability.synced(last);
                 }
             }
-            drop(tail);
-            if let Some(last) = jobs.iter().filter_map(|j| j.last).max_by_key(|l| l.index) {
-                durability.synced(last);
+            Err(e) => {
+                durability.failed(e);
+                broken = Some(e.clone());
             }
-        }
-        if let Err(e) = &result {
-            durability.failed(e);
         }
         for job in jobs {
             match job.notify {
@@ -127,9 +145,10 @@ impl LogStore {
         let tail = Arc::new(Mutex::new(LogTail::default()));
         let (jobs, queue) = mpsc::channel::<Job>();
         let (writer_db, writer_tail, writer_durability) = (db.clone(), tail.clone(), durability.clone());
+        let write = move |changes: &mut dyn Iterator<Item = &LogWrite>, sync| writer_db.write(changes, sync).map_err(|e| e.to_string());
         std::thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || write_queued(writer_db, writer_tail, writer_durability, queue))
+            .spawn(move || write_queued(write, writer_tail, writer_durability, queue))
             .map_err(write_error)?;
         Ok(LogStore { db, tail, appends: 0, jobs, durability, member_id, vote: None })
     }
@@ -265,8 +284,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(())
     }
 
+    /// Read once, as Raft starts. A member that led before it stopped starts
+    /// as a follower (as etcd's members do), not as the leader of its old
+    /// term, which openraft would resume: entries it sent the followers
+    /// before its own fsync may be missing from its log now, and leading the
+    /// same term again it would append other entries under their log ids,
+    /// which followers holding the first ones take for the same and apply.
+    /// Its vote stays in that term, so it votes for nobody else there.
     async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError<u64>> {
-        self.vote = meta(&self.db, VOTE)?;
+        let saved: Option<Vote<u64>> = meta(&self.db, VOTE)?;
+        self.vote = saved.map(|v| match v.leader_id().voted_for() {
+            Some(id) if id == self.member_id && v.is_committed() => Vote::new(v.leader_id().term, id),
+            _ => v,
+        });
         Ok(self.vote)
     }
 
@@ -346,6 +376,45 @@ mod tests {
         assert!(job(LogWrite::Append(vec![(1, Vec::new())]), Notify::Nobody).needs_sync(), "a leader's early append");
         assert!(job(LogWrite::TruncateFrom(3), Notify::Nobody).needs_sync());
         assert!(job(meta(), Notify::Waiter(oneshot::channel().0)).needs_sync(), "a saved vote is waited for");
+    }
+
+    #[test]
+    fn after_a_failed_write_the_writer_writes_nothing_more() {
+        let writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let durability = Durability::new(None);
+        let (jobs, queue) = mpsc::channel();
+        let writer = std::thread::spawn({
+            let (writes, durability) = (writes.clone(), durability.clone());
+            let write = move |_: &mut dyn Iterator<Item = &LogWrite>, _| match writes.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                0 => Err("No space left on device".to_string()),
+                _ => Ok(()),
+            };
+            move || write_queued(write, Arc::default(), durability, queue)
+        });
+        let append = |index| {
+            let (done, written) = oneshot::channel();
+            let last = Some(LogId::new(CommittedLeaderId::new(2, 1), index));
+            jobs.send(Job { change: LogWrite::Append(vec![(index, Vec::new())]), append: index, last, notify: Notify::Waiter(done) }).unwrap();
+            written.blocking_recv().unwrap()
+        };
+        assert_eq!(append(7), Err("No space left on device".to_string()));
+        assert_eq!(append(8), Err("No space left on device".to_string()), "the disk has room again, but entry 7 is not on it");
+        assert_eq!(writes.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(durability.last(), None);
+        drop(jobs);
+        writer.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_member_that_led_starts_again_as_a_follower_in_the_same_term() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = LogStore::new(LogDb::open(dir.path(), &MemberBudget::default().log).unwrap(), 1).unwrap();
+        log.save_vote(&Vote::new_committed(3, 1)).await.unwrap();
+        assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(3, 1)), "its own vote in term 3, not its leadership");
+        assert!(!log.may_replicate_before_sync(&entries(3, 1, 9, EntryPayload::Normal(Vec::new()))));
+
+        log.save_vote(&Vote::new_committed(4, 2)).await.unwrap();
+        assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new_committed(4, 2)), "another member's leadership stands");
     }
 
     #[tokio::test]

@@ -90,9 +90,9 @@ impl Store {
     /// restart after a crash see it (`install_interrupted`) and redo it.
     pub fn install_backup(&self, path: &Path, raft_state: &[u8]) -> Result<(), String> {
         let (mut rows, _, _) = Rows::open(path)?;
-        self.installing.store(true, Ordering::SeqCst);
+        self.installs.fetch_add(1, Ordering::SeqCst);
         let result = self.replace_state(&mut rows, raft_state).map_err(|e| e.to_string());
-        self.installing.store(false, Ordering::SeqCst);
+        self.installs.fetch_add(1, Ordering::SeqCst);
         self.load_revisions().map_err(|e| e.to_string())?;
         result
     }

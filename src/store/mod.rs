@@ -14,7 +14,7 @@ pub mod types;
 mod view;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -94,8 +94,9 @@ pub struct Store {
     /// A NOSPACE alarm is raised.
     nospace: AtomicBool,
     corrupt: AtomicBool,
-    /// A snapshot from the leader is replacing the state: reads would see a mix.
-    installing: AtomicBool,
+    /// Snapshot installs begun plus those finished: odd while one replaces
+    /// the state, when reads would see a mix of old and new.
+    installs: AtomicU64,
     /// The auth state as last applied, for checks that must not read the database.
     pub auth: Registry,
     pages: pages::PageCounts,
@@ -131,7 +132,7 @@ impl Store {
             physically_compacted: tokio::sync::watch::channel(0).0,
             nospace: AtomicBool::new(false),
             corrupt: AtomicBool::new(false),
-            installing: AtomicBool::new(false),
+            installs: AtomicU64::new(0),
             auth: Registry::new(AuthState::default()),
             pages: Default::default(),
             size_seen: Mutex::new(None),
@@ -176,10 +177,13 @@ impl Store {
     /// A consistent view at the current revision. The revision is read inside
     /// the snapshot so it always matches what the view sees.
     fn snapshot_view(&self, reach: Reach) -> Result<View<'_>, KvError> {
-        if self.installing.load(Ordering::SeqCst) {
+        // Checked on both sides of taking the snapshot: one taken while an
+        // install ran (even one that has finished since) holds a mix.
+        let installs = self.installs.load(Ordering::SeqCst);
+        let snapshot = self.db.snapshot();
+        if installs % 2 == 1 || self.installs.load(Ordering::SeqCst) != installs {
             return Err(KvError::InstallingSnapshot);
         }
-        let snapshot = self.db.snapshot();
         let meta = Cfs::handle(&self.db, Cfs::META);
         let read = |k: &[u8]| -> Result<i64, KvError> {
             snapshot.get_cf_opt(meta, k, reach.read_options()).map_err(db_error)?.map_or(Ok(0), |v| decode_i64(&v))

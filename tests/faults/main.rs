@@ -42,16 +42,29 @@ fn every_fault_once_keeps_histories_linearizable_and_watches_whole() {
     run(seed, rng, |round, _| faults.get(round).copied());
 }
 
-/// `scripts/torture.sh --minutes N`: random faults for N minutes
-/// (CAIRN_TORTURE_MINUTES).
+/// `scripts/torture.sh --minutes N [--faults A,B]`: random faults for N
+/// minutes (CAIRN_TORTURE_MINUTES), drawn from those named in CAIRN_FAULTS
+/// (all when unset), to hammer on one fault a run once failed with.
 #[test]
 #[ignore]
 fn torture() {
     let minutes: u64 = std::env::var("CAIRN_TORTURE_MINUTES").ok().and_then(|m| m.parse().ok()).unwrap_or(30);
+    let faults = chosen_faults();
     let seed = seed();
     let rng = StdRng::seed_from_u64(seed);
     let end = Instant::now() + Duration::from_secs(minutes * 60);
-    run(seed, rng, |_, rng| (Instant::now() < end).then(|| Fault::ALL[rng.random_range(0..Fault::ALL.len())]));
+    run(seed, rng, |_, rng| (Instant::now() < end).then(|| faults[rng.random_range(0..faults.len())]));
+}
+
+fn chosen_faults() -> Vec<Fault> {
+    let Ok(names) = std::env::var("CAIRN_FAULTS") else { return Fault::ALL.to_vec() };
+    names
+        .split(',')
+        .map(|name| {
+            let found = Fault::ALL.iter().find(|f| format!("{f:?}") == name.trim());
+            *found.unwrap_or_else(|| panic!("CAIRN_FAULTS: no fault {name:?}; there are {:?}", Fault::ALL))
+        })
+        .collect()
 }
 
 fn seed() -> u64 {

@@ -139,14 +139,24 @@ pub fn check_stream(stream: &Stream, truth: &[Event]) -> Result<(), String> {
     for (n, want) in expected.iter().enumerate() {
         match got.get(n) {
             None => return fail(format!("missing the event at revision {} on {:?} (a gap)", want.mod_revision, want.key)),
-            Some(&have) if have != want => return fail(format!("got {have:?} where the store has {want:?}")),
+            Some(&have) if have != want => {
+                let around = around(truth, have.mod_revision.min(want.mod_revision) - 1, have.mod_revision.max(want.mod_revision));
+                return fail(format!("got {have:?} where the store has {want:?}; the store's history there:\n{around}"));
+            }
             Some(_) => {}
         }
     }
     if let Some(extra) = got.get(expected.len()) {
-        return fail(format!("an event the store does not have or the watch did not ask for: {extra:?}"));
+        let around = around(truth, extra.mod_revision - 1, extra.mod_revision + 1);
+        return fail(format!("an event the store does not have or the watch did not ask for: {extra:?}; the store's history there:\n{around}"));
     }
     Ok(())
+}
+
+/// Every event of the truth in revisions `from..=to`, one per line: what a
+/// violation is read against.
+fn around(truth: &[Event], from: i64, to: i64) -> String {
+    truth.iter().filter(|e| (from..=to).contains(&e.mod_revision)).map(|e| format!("  {e:?}\n")).collect()
 }
 
 #[cfg(test)]

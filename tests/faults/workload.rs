@@ -243,9 +243,9 @@ impl WatchSpec {
         o
     }
 
-    fn stream(&self, from: i64) -> Stream {
+    fn stream(&self, endpoint: &str, from: i64) -> Stream {
         Stream {
-            name: format!("{} from {from}", self.name),
+            name: format!("{} from {from} on {endpoint}", self.name),
             prefix: self.prefix.clone(),
             only_deletes: self.only_deletes,
             prev_kv: self.prev_kv,
@@ -264,7 +264,7 @@ async fn follow(
     progress_every: Duration,
     mut done: impl FnMut(&Stream) -> bool,
 ) -> Stream {
-    let mut stream = spec.stream(from);
+    let mut stream = spec.stream(endpoint, from);
     let Some(mut c) = connect(&[endpoint.to_string()]).await else { return stream };
     let Some(mut w) = within(c.watch(spec.prefix.clone(), Some(spec.options(from)))).await else { return stream };
     let mut ticks = tokio::time::interval(progress_every);
