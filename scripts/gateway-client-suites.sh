@@ -2,8 +2,8 @@
 # The JSON gateway proven by other people's test suites: etcd3gw's own tests
 # and tooz's (its etcd3gw driver, over /v3beta as tooz's CI runs it), from
 # their PyPI sdists, against real etcd (Debian's etcd-server) and cairn in
-# the same run. Both suites talk to localhost:2379, so each server runs with
-# them in a private network namespace (unshare -n; needs root).
+# the same run, each server with the suite in a private network namespace
+# (scripts/client-suite-lib.sh; needs root).
 #   scripts/gateway-client-suites.sh
 # Prints each suite's pytest summary per server; exits 1 when cairn's
 # summary differs from etcd's.
@@ -27,42 +27,15 @@ if [ ! -x "$cache/venv/bin/pytest" ]; then
   "$cache/venv/bin/pip" install -q --no-deps -e "$cache/etcd3gw-2.7.0" -e "$cache/tooz-9.1.0"
 fi
 
-# Inside the namespace: a fresh server on 2379, then the command.
-with_server() { # kind command...
-  local kind=$1 binary=$cairn data
-  shift
-  [ "$kind" = etcd ] && binary=$(command -v etcd)
-  data=$(mktemp -d)
-  unshare -n bash -c '
-    ip link set lo up
-    "$0" --name s --data-dir "$1/data" --listen-client-urls http://127.0.0.1:2379 \
-      --advertise-client-urls http://127.0.0.1:2379 --listen-peer-urls http://127.0.0.1:2380 \
-      --initial-advertise-peer-urls http://127.0.0.1:2380 --initial-cluster s=http://127.0.0.1:2380 >"$1/log" 2>&1 &
-    server=$!
-    for _ in $(seq 100); do curl -fs http://127.0.0.1:2379/health >/dev/null && break; sleep 0.1; done
-    shift
-    "$@"; rc=$?
-    kill $server; wait $server
-    exit $rc' "$binary" "$data" "$@" || true
-  rm -rf "$data"
-}
+. scripts/client-suite-lib.sh
 
 # tooz's Kubernetes driver tests need a module tooz does not ship; they fail
 # alike on every server and are left out. tooz imports every driver's client
 # library, hence the Redis, ZooKeeper, memcached and SQL ones above.
-declare -A summary
 for kind in etcd cairn; do
   summary[$kind-etcd3gw]=$(cd "$cache/etcd3gw-2.7.0" &&
     with_server "$kind" "$cache/venv/bin/pytest" -q -p no:cacheprovider etcd3gw/tests | tail -1)
   summary[$kind-tooz]=$(cd "$cache/tooz-9.1.0" && TOOZ_TEST_URL=etcd://127.0.0.1:2379 TOOZ_TEST_ETCD3GW=1 \
     with_server "$kind" "$cache/venv/bin/pytest" -q -p no:cacheprovider --ignore=tooz/tests/test_kubernetes.py tooz/tests | tail -1)
 done
-status=0
-for suite in etcd3gw tooz; do
-  echo "$suite: etcd: ${summary[etcd-$suite]}"
-  echo "$suite: cairn: ${summary[cairn-$suite]}"
-  strip_time() { sed 's/ in [0-9.]*s.*//'; }
-  case "${summary[cairn-$suite]}" in *passed*) ;; *) status=1 ;; esac
-  [ "$(echo "${summary[etcd-$suite]}" | strip_time)" = "$(echo "${summary[cairn-$suite]}" | strip_time)" ] || status=1
-done
-exit $status
+report etcd3gw tooz
