@@ -2,7 +2,11 @@
 # real etcd and cairn in the same run (gateway-client-suites.sh,
 # grpc-client-suites.sh). Those suites talk to localhost:2379, so each
 # server runs with them in a private network namespace (unshare -n; needs
-# root). Expects $cairn (the binary) and fills the array `summary`.
+# root). Builds cairn ($cairn) and fills the array `summary`.
+. scripts/cargo-env.sh
+scripts/setup-debian.sh
+cargo build --release --locked --bin cairn >&2
+cairn=$CARGO_TARGET_DIR/release/cairn
 declare -A summary
 
 # Inside the namespace: a fresh server, then the command. MEMBERS names the

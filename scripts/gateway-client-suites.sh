@@ -9,10 +9,7 @@
 # summary differs from etcd's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. scripts/cargo-env.sh
-scripts/setup-debian.sh
-cargo build --release --locked --bin cairn >&2
-cairn=$CARGO_TARGET_DIR/release/cairn
+. scripts/client-suite-lib.sh
 cache=${SUITES_CACHE:-/var/cache/cairn-gateway-suites}
 mkdir -p "$cache"
 
@@ -26,8 +23,6 @@ if [ ! -x "$cache/venv/bin/pytest" ]; then
     tar xzf etcd3gw-2.7.0.tar.gz && tar xzf tooz-9.1.0.tar.gz)
   "$cache/venv/bin/pip" install -q --no-deps -e "$cache/etcd3gw-2.7.0" -e "$cache/tooz-9.1.0"
 fi
-
-. scripts/client-suite-lib.sh
 
 # tooz's Kubernetes driver tests need a module tooz does not ship; they fail
 # alike on every server and are left out. tooz imports every driver's client

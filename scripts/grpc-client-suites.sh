@@ -10,10 +10,7 @@
 # summary differs from etcd's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. scripts/cargo-env.sh
-scripts/setup-debian.sh
-cargo build --release --locked --bin cairn >&2
-cairn=$CARGO_TARGET_DIR/release/cairn
+. scripts/client-suite-lib.sh
 cache=${SUITES_CACHE:-/var/cache/cairn-grpc-suites}
 mkdir -p "$cache"
 
@@ -42,8 +39,6 @@ crate_tests() {
     awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "%d passed, %d failed, %d ignored\n", p, f, i }'
 }
 export -f crate_tests
-
-. scripts/client-suite-lib.sh
 
 # etcd3's suite runs as its CI does (tox with pifpaf): three members named
 # pifpaf0-2, of which it pauses two to read serializably without a quorum,
