@@ -18,8 +18,11 @@ pub fn init(level: &str, logger: &str) {
         "panic" | "fatal" => "error",
         other => other,
     };
-    // Dependencies log at warn unless asked for debug, to keep the stream readable.
-    let filter = EnvFilter::new(format!("warn,cairn={level}"));
+    // Dependencies log at warn, to keep the stream readable. openraft logs
+    // several lines for each failed retry of a member that is down, ten times
+    // a second; cairn logs the member's going and coming back instead.
+    let quiet = "openraft::replication=off,openraft::engine::handler::replication_handler=error";
+    let filter = EnvFilter::new(format!("warn,{quiet},cairn={level}"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if logger == "capnslog" {
         builder.init();

@@ -140,3 +140,40 @@ fn leader_changes_seen_grows_when_the_leader_is_killed() {
         "heartbeats to the killed member fail",
     );
 }
+
+#[test]
+fn a_member_that_is_down_is_retried_every_heartbeat_and_logged_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut members = three_member_cluster(dir.path());
+    let rt = runtime();
+    let leader = rt.block_on(leader_index(&members));
+    let down = (leader + 1) % 3;
+    let down_id = rt.block_on(status_of(&members[down])).unwrap().header().unwrap().member_id();
+    let leader_endpoint = members[leader].endpoint();
+    let failures = || value(&scrape(&leader_endpoint), "etcd_server_heartbeat_send_failures_total{}");
+    let log_before = members[leader].log_text();
+    members[down].kill9();
+    std::thread::sleep(Duration::from_millis(500));
+    let before = failures();
+    std::thread::sleep(Duration::from_secs(2));
+    let retried = failures() - before;
+    // Every 100 ms (the heartbeat interval) is 20 tries; openraft's own 500 ms would be 4.
+    assert!(retried >= 10.0, "the leader tried the member that is down {retried} times in 2 s");
+    let log = members[leader].log_text();
+    let while_down = &log[log_before.len()..];
+    let gone = format!(r#""peer":"{down_id:x}""#);
+    let inactive = while_down.lines().filter(|l| l.contains("peer became inactive") && l.contains(&gone)).count();
+    assert_eq!(inactive, 1, "one line for the member going, not one per try:\n{while_down}");
+    assert!(!while_down.contains("backoff mode") && !while_down.contains("update progress error"), "{while_down}");
+
+    etcdctl_ok(&leader_endpoint, &["put", "written-while-down", "v"]);
+    members[down].start();
+    let back = members[down].endpoint();
+    wait_until(
+        || String::from_utf8_lossy(&etcdctl(&back, &["get", "written-while-down", "--consistency=s", "--print-value-only"]).stdout).trim() == "v",
+        "the restarted member catches up",
+    );
+    let log = members[leader].log_text();
+    let active = log[log_before.len()..].lines().filter(|l| l.contains("peer became active") && l.contains(&gone)).count();
+    assert_eq!(active, 1, "one line for the member coming back");
+}

@@ -123,7 +123,11 @@ impl Consensus {
         let raft = Raft::new(
             member_id,
             config,
-            RaftPeers { peers: peers.clone(), durability: durability.clone() },
+            RaftPeers {
+                peers: peers.clone(),
+                durability: durability.clone(),
+                retry: Duration::from_millis(settings.heartbeat_ms),
+            },
             log,
             StateMachine::new(store.clone(), hub, lessor.clone(), snapshots, durability.clone()),
         )

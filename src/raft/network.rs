@@ -1,6 +1,7 @@
 //! The client side of the peer protocol: one lazily connected gRPC channel per
 //! member, used by openraft's replication and by request forwarding.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::future::Future;
 use std::io::SeekFrom;
@@ -12,7 +13,7 @@ use openraft::error::{
     Fatal, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError,
     Unreachable,
 };
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
 use openraft::{OptionalSend, Snapshot, Vote};
 use serde::de::DeserializeOwned;
@@ -98,12 +99,23 @@ impl Peers {
         self.active_since.lock().expect("peer health map poisoned").get(&id).copied()
     }
 
-    fn record_health(&self, id: u64, answered: bool) {
+    /// Notes a call's outcome, and logs a member's going quiet or coming
+    /// back once, as etcd does, not each failed retry.
+    fn record_health(&self, id: u64, failure: Option<&tonic::Status>) {
         let mut health = self.active_since.lock().expect("peer health map poisoned");
-        if answered {
-            health.entry(id).or_insert_with(Instant::now);
-        } else {
-            health.remove(&id);
+        match failure {
+            None => {
+                if let Entry::Vacant(since) = health.entry(id) {
+                    since.insert(Instant::now());
+                    tracing::info!(peer = format!("{id:x}"), "peer became active");
+                }
+            }
+            Some(status) => {
+                if health.remove(&id).is_some() {
+                    let (peer, error) = (format!("{id:x}"), status.message());
+                    tracing::warn!(peer, error, "peer became inactive (message send to peer failed)");
+                }
+            }
         }
     }
 
@@ -167,7 +179,7 @@ impl Peers {
                 self.removed.send_replace(true);
             }
         }
-        self.record_health(id, reply.is_ok());
+        self.record_health(id, reply.as_ref().err());
         let reply = reply?.into_inner();
         meters.received_bytes().inc_by(reply.data.len() as u64);
         Ok(decode(&reply.data)?)
@@ -193,19 +205,23 @@ pub enum Method {
 pub struct RaftPeers {
     pub peers: Peers,
     pub durability: Durability,
+    /// How soon a leader tries again a member that did not answer.
+    pub retry: Duration,
 }
 
 impl RaftNetworkFactory<TypeConfig> for RaftPeers {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: u64, node: &PeerNode) -> PeerConnection {
-        PeerConnection { peers: self.peers.clone(), durability: self.durability.clone(), target, node: node.clone() }
+        let (peers, durability, retry) = (self.peers.clone(), self.durability.clone(), self.retry);
+        PeerConnection { peers, durability, retry, target, node: node.clone() }
     }
 }
 
 pub struct PeerConnection {
     peers: Peers,
     durability: Durability,
+    retry: Duration,
     target: u64,
     node: PeerNode,
 }
@@ -296,7 +312,7 @@ impl PeerConnection {
             Some(answer) => answer,
             None => call.await,
         };
-        self.peers.record_health(self.target, answer.is_ok());
+        self.peers.record_health(self.target, answer.as_ref().err());
         let answer = answer.map_err(|e| unreachable(&e))?.into_inner();
         let installed: Result<SnapshotResponse<u64>, Fatal<u64>> =
             decode(&answer.data).map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
@@ -305,6 +321,14 @@ impl PeerConnection {
 }
 
 impl RaftNetwork<TypeConfig> for PeerConnection {
+    /// After a failed call, a leader sends a member nothing (heartbeats
+    /// included) for this long. openraft's 500 ms kept a restarted member
+    /// that long without the commit index it needs to serve reads; etcd's
+    /// peer streams dial again every 100 ms.
+    fn backoff(&self) -> Backoff {
+        Backoff::new(std::iter::repeat(self.retry))
+    }
+
     async fn append_entries(
         &mut self,
         mut rpc: AppendEntriesRequest<TypeConfig>,
