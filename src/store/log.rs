@@ -105,3 +105,39 @@ impl LogDb {
 fn index_of(k: &[u8]) -> u64 {
     u64::from_be_bytes(k.try_into().expect("log keys are 8 bytes"))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::store::memory::MemberBudget;
+
+    fn wal_bytes(dir: &Path) -> u64 {
+        let files = std::fs::read_dir(dir).unwrap().map(|f| f.unwrap());
+        files.filter(|f| f.path().extension().is_some_and(|e| e == "log")).map(|f| f.metadata().unwrap().len()).sum()
+    }
+
+    #[test]
+    fn a_rarely_written_column_family_does_not_keep_the_write_ahead_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let budget = MemberBudget::default().log;
+        let log = LogDb::open(dir.path(), &budget).unwrap();
+        // One vote, then 64 MiB of entries: the vote's memtable never fills.
+        log.write(&[LogWrite::Meta("vote", vec![1; 16])], true).unwrap();
+        let entry = vec![7u8; 4096];
+        for batch in 0..256u64 {
+            let rows = (0..64).map(|i| (batch * 64 + i, entry.clone())).collect();
+            log.write(&[LogWrite::Append(rows)], true).unwrap();
+        }
+        // Files are deleted in the background after the flush that frees them.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while wal_bytes(dir.path()) > 24 << 20 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let kept = wal_bytes(dir.path());
+        assert!(kept <= 24 << 20, "{} MiB of write-ahead log kept for 64 MiB written", kept >> 20);
+        assert_eq!(log.get_meta("vote").unwrap(), Some(vec![1; 16]));
+        assert_eq!(log.read(Bound::Included(16383), Bound::Unbounded).unwrap(), vec![(16383, entry)]);
+    }
+}
