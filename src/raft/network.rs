@@ -364,10 +364,15 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<u64>, StreamingError<TypeConfig, Fatal<u64>>> {
-        tokio::select! {
-            closed = cancel => Err(StreamingError::Closed(closed)),
+        let sent = tokio::select! {
+            closed = cancel => return Err(StreamingError::Closed(closed)),
             sent = self.stream_snapshot(vote, snapshot, option.hard_ttl()) => sent,
+        };
+        // openraft's own line for this is among the per-retry ones filtered out.
+        if let Err(e) = &sent {
+            tracing::warn!(peer = format!("{:x}", self.target), error = %e, "sending a snapshot to a member failed");
         }
+        sent
     }
 
     async fn vote(
