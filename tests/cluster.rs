@@ -127,22 +127,12 @@ fn a_leader_restarted_at_once_leads_no_term_it_led_before() {
     let dir = tempfile::tempdir().unwrap();
     let mut members = three_member_cluster(dir.path());
     let rt = runtime();
+    let acked = Arc::new(Mutex::new(BTreeMap::new()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let eps: Vec<String> = members.iter().map(Member::endpoint).collect();
     // Many writers at once, so that the leader's log writer always has a queue.
-    let writers: Vec<_> = (0..16)
-        .map(|w| {
-            let (eps, stop) = (eps.clone(), stop.clone());
-            rt.spawn(async move {
-                let mut c = client(&eps).await;
-                let mut n = 0u64;
-                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                    n += 1;
-                    let _ = tokio::time::timeout(Duration::from_secs(3), c.put(format!("x/{w}/{}", n % 50), format!("{n}"), None)).await;
-                }
-            })
-        })
-        .collect();
+    let writers: Vec<_> =
+        (0..16).map(|_| spawn_writer(&rt, Arc::new(Mutex::new(eps.clone())), acked.clone(), stop.clone())).collect();
     for m in members.iter_mut() {
         m.add_args(&["--initial-cluster-state", "existing"]);
     }
@@ -163,9 +153,13 @@ fn a_leader_restarted_at_once_leads_no_term_it_led_before() {
             w.await.unwrap();
         }
     });
+    let acked = acked.lock().unwrap().clone();
+    for m in &members {
+        rt.block_on(assert_has_all(m, &acked));
+    }
     // Every member holds the same keys, versions and revisions.
     let hashes = rt.block_on(async {
-        let revision = client(&eps).await.get("x/", None).await.unwrap().header().unwrap().revision();
+        let revision = client(&eps).await.get("w/", None).await.unwrap().header().unwrap().revision();
         let mut hashes = Vec::new();
         for m in &members {
             let mut c = client(&[m.endpoint()]).await;
