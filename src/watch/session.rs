@@ -7,13 +7,22 @@
 //! the store's history otherwise. Delivery waits for the client to take what
 //! was sent, so a slow reader only falls behind (and later catches up from
 //! history); nothing is queued for it beyond a few responses.
+//!
+//! The session runs inside the task that writes its responses to the client
+//! (`serve`), not in a task of its own: an applied revision then wakes that
+//! one task, where a task of its own would wake it in turn. On a busy member
+//! each such hand-off between threads costs as much as the event's delivery.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 
 use super::Hub;
 use crate::metrics::METRICS;
@@ -46,6 +55,9 @@ pub struct CreateArgs {
     pub watch_id: i64,
 }
 
+/// Responses a session may have made that the client has not taken yet.
+const OUTBOUND_RESPONSES: usize = 16;
+
 /// What the stream sends; `revision` is the store revision it speaks for.
 #[derive(Debug, PartialEq)]
 pub enum Output {
@@ -60,7 +72,7 @@ pub enum Output {
 }
 
 /// The stream's error: the client goes on elsewhere.
-pub type Outbound = mpsc::Sender<Result<Output, KvError>>;
+type Outbound = mpsc::Sender<Result<Output, KvError>>;
 
 pub struct SessionSettings {
     /// How often watchers that asked for it hear the current revision.
@@ -119,15 +131,44 @@ impl Drop for Session {
     }
 }
 
+/// A session's outputs, read by the task the session runs in.
+struct Served<F> {
+    /// None once the session has ended; its last outputs may still wait.
+    session: Option<Pin<Box<F>>>,
+    outputs: ReceiverStream<Result<Output, KvError>>,
+}
+
+impl<F: Future<Output = ()>> Stream for Served<F> {
+    type Item = Result<Output, KvError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        // The session's progress and the client's reading wake this same
+        // task: taking an output frees room for the session's next one.
+        if this.session.as_mut().is_some_and(|session| session.as_mut().poll(cx).is_ready()) {
+            this.session = None;
+        }
+        this.outputs.poll_next_unpin(cx)
+    }
+}
+
 impl Session {
-    pub fn new(
+    /// Serves one client's stream until the client goes away, or `ended`
+    /// completes (the member stops, or lost its leader): the stream then ends
+    /// with that error. A client that only closes its side (the JSON
+    /// gateway's watch does once its request body ends) keeps its watchers,
+    /// as in etcd. The session makes progress only while the returned stream
+    /// is polled.
+    pub fn serve(
         hub: Arc<Hub>,
         store: Arc<Store>,
-        out: Outbound,
         settings: SessionSettings,
         permitted: WatchPermission,
-    ) -> Session {
-        Session {
+        requests: impl Stream<Item = Request> + Send + 'static,
+        ended: impl Future<Output = KvError> + Send + 'static,
+    ) -> impl Stream<Item = Result<Output, KvError>> + Send + 'static {
+        let (out, outputs) = mpsc::channel(OUTBOUND_RESPONSES);
+        let session = Session {
             hub,
             store,
             out,
@@ -136,14 +177,11 @@ impl Session {
             watchers: BTreeMap::new(),
             next_watch_id: 0,
             progress_requested: false,
-        }
+        };
+        Served { session: Some(Box::pin(session.run(requests, ended))), outputs: ReceiverStream::new(outputs) }
     }
 
-    /// Serves the stream until the client goes away, or `ended` completes
-    /// (the member stops, or lost its leader): the stream then ends with that
-    /// error. A client that only closes its side (the JSON gateway's watch
-    /// does once its request body ends) keeps its watchers, as in etcd.
-    pub async fn run(mut self, requests: impl Stream<Item = Request>, ended: impl std::future::Future<Output = KvError>) {
+    async fn run(mut self, requests: impl Stream<Item = Request>, ended: impl Future<Output = KvError>) {
         let mut applied = self.hub.subscribe();
         let mut progress_tick = tokio::time::interval_at(
             tokio::time::Instant::now() + self.settings.progress_interval,

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use etcd_client::proto::{PbEvent, PbWatchRequest, PbWatchRequestUnion, PbWatchResponse, PbWatchService};
 use futures::{Stream, StreamExt};
 use prost::Message;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{caller, header, status, to_pb_kv};
@@ -16,9 +15,6 @@ use crate::auth::{Access, Caller};
 use crate::server::Node;
 use crate::store::types::{Change, KvError};
 use crate::watch::{CreateArgs, Output, Request as WatchRequest, Session, SessionSettings, WatchPermission};
-
-/// Responses a stream may have waiting for a slow client.
-const OUTBOUND_RESPONSES: usize = 16;
 
 /// No leader for this many election timeouts ends require-leader streams, as in etcd.
 const NO_LEADER_ELECTIONS: u32 = 3;
@@ -143,9 +139,7 @@ impl PbWatchService for WatchService {
             .into_inner()
             .take_while(|r| std::future::ready(r.is_ok()))
             .filter_map(|r| std::future::ready(r.ok().and_then(watch_request)));
-        let (out, outputs) = tokio::sync::mpsc::channel(OUTBOUND_RESPONSES);
         let settings = SessionSettings { progress_interval: node.limits.watch_progress_notify_interval };
-        let session = Session::new(node.hub.clone(), node.store.clone(), out, settings, permitted);
         let ended = {
             let node = node.clone();
             let mut stopping = node.stopping.clone();
@@ -157,9 +151,9 @@ impl PbWatchService for WatchService {
                 }
             }
         };
-        tokio::spawn(session.run(requests, ended));
+        let outputs = Session::serve(node.hub.clone(), node.store.clone(), settings, permitted, requests, ended);
         let max_bytes = node.limits.max_request_bytes as usize;
-        let responses = ReceiverStream::new(outputs).flat_map(move |output| {
+        let responses = outputs.flat_map(move |output| {
             let parts: Vec<Result<PbWatchResponse, Status>> = match output {
                 Ok(output) => responses(&node, output, max_bytes).into_iter().map(Ok).collect(),
                 Err(e) => vec![Err(status(e))],
