@@ -411,7 +411,7 @@ mod tests {
         let mut log = LogStore::new(LogDb::open(dir.path(), &MemberBudget::default().log).unwrap(), 1).unwrap();
         log.save_vote(&Vote::new_committed(3, 1)).await.unwrap();
         assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(3, 1)), "its own vote in term 3, not its leadership");
-        assert!(!log.may_replicate_before_sync(&entries(3, 1, 9, EntryPayload::Normal(Vec::new()))));
+        assert!(!log.may_replicate_before_sync(&entries(3, 1, 9, EntryPayload::Normal(Default::default()))));
 
         log.save_vote(&Vote::new_committed(4, 2)).await.unwrap();
         assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new_committed(4, 2)), "another member's leadership stands");
@@ -421,7 +421,7 @@ mod tests {
     async fn only_a_leaders_own_entries_after_its_synced_first_one_skip_the_wait_for_fsync() {
         let dir = tempfile::tempdir().unwrap();
         let mut log = LogStore::new(LogDb::open(dir.path(), &MemberBudget::default().log).unwrap(), 1).unwrap();
-        let normal = || EntryPayload::Normal(Vec::new());
+        let normal = || EntryPayload::Normal(Default::default());
         assert!(!log.may_replicate_before_sync(&entries(2, 1, 5, normal())), "no vote yet");
 
         log.save_vote(&Vote::new(2, 1)).await.unwrap();

@@ -22,10 +22,11 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::types::{Command, CommandResult};
+use crate::store::types::CommandResult;
 
 pub use consensus::{Consensus, RaftSettings};
 pub use log_store::LogStore;
+use proposer::Proposal;
 pub use peer_service::PeerService;
 pub use state_machine::StateMachine;
 
@@ -45,7 +46,7 @@ impl fmt::Display for PeerNode {
 openraft::declare_raft_types!(
     pub TypeConfig:
         // One entry carries the commands gathered for one group commit.
-        D = Vec<Command>,
+        D = Proposal,
         R = Vec<CommandResult>,
         NodeId = u64,
         Node = PeerNode,

@@ -9,6 +9,7 @@ use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageError, StorageIOError};
 
 use super::durability::Durability;
+use super::proposer::Proposal;
 use super::snapshots::{applied_state, Meta, SnapshotData, Snapshots};
 use super::{decode, encode, LogId, StoredMembership, TypeConfig};
 use crate::metrics::METRICS;
@@ -154,8 +155,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut results = Vec::with_capacity(entries.len());
             for entry in entries {
                 let log_id = entry.log_id;
-                let commands = match entry.payload {
-                    EntryPayload::Normal(commands) => commands,
+                let proposal = match entry.payload {
+                    EntryPayload::Normal(proposal) => proposal,
                     EntryPayload::Membership(m) => {
                         let removed: Vec<u64> =
                             membership.nodes().map(|(id, _)| *id).filter(|id| m.get_node(id).is_none()).collect();
@@ -163,10 +164,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             sm.store.record_removed(&removed).map_err(|e| sm_error(ErrorVerb::Write, e))?;
                         }
                         membership = StoredMembership::new(Some(log_id), m);
-                        Vec::new()
+                        Proposal::default()
                     }
-                    EntryPayload::Blank => Vec::new(),
+                    EntryPayload::Blank => Proposal::default(),
                 };
+                let commands = proposal.commands();
                 let done_state = encode(&(Some(log_id), &membership));
                 if commands.is_empty() {
                     sm.apply_run(&[], &done_state, None)?;
@@ -190,7 +192,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     };
                     outcomes.extend(run_results);
                 }
-                results.push(outcomes);
+                results.push(proposal.answer(outcomes));
                 applied_state = done_state;
             }
             Ok(results)
@@ -270,13 +272,36 @@ mod tests {
         store.apply(&commands[0], &before, Some(&encode(&(log_id, 1usize)))).unwrap();
         assert_eq!(sm.raft_state().unwrap().0, None, "the entry does not count as applied yet");
 
-        let results = sm.apply([Entry { log_id, payload: EntryPayload::Normal(commands) }]).await.unwrap();
+        let results = sm.apply([Entry { log_id, payload: EntryPayload::Normal(commands.into()) }]).await.unwrap();
         assert_eq!(store.revision(), 4, "a, b, c applied once each, at revisions 2, 3, 4");
         assert_eq!(results[0][2].revision, 4);
         assert_eq!(sm.raft_state().unwrap().0, Some(log_id));
         assert!(store.entry_progress().unwrap().is_none());
         let (a, _) = store.range(&RangeArgs { key: b"a".to_vec(), ..Default::default() }).unwrap();
         assert_eq!((a.kvs[0].version, a.kvs[0].mod_revision), (1, 2));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_member_that_proposed_an_entry_answers_its_callers_as_it_applies_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = LogId::new(CommittedLeaderId::new(1, 1), 5);
+        let second = LogId::new(CommittedLeaderId::new(1, 1), 6);
+        let (_, _, mut sm) = state_machine(dir.path(), second);
+        let (replies, answers): (Vec<_>, Vec<_>) = (0..2).map(|_| tokio::sync::oneshot::channel()).unzip();
+        let (proposal, callers) = Proposal::answering(vec![put("a"), put("b")], replies);
+        let results = sm.apply([Entry { log_id: first, payload: EntryPayload::Normal(proposal) }]).await.unwrap();
+        assert_eq!(results, [Vec::new()], "nothing is left for openraft to hand on");
+        assert!(callers.take().is_none(), "the callers are answered once");
+        let mut revisions = Vec::new();
+        for answer in answers {
+            revisions.push(answer.await.expect("answered").expect("applied").revision);
+        }
+        assert_eq!(revisions, [2, 3]);
+
+        // The same entry read back from disk has no callers: openraft hands its results on.
+        let read_back: Proposal = decode(&encode(&vec![put("c")])).unwrap();
+        let results = sm.apply([Entry { log_id: second, payload: EntryPayload::Normal(read_back) }]).await.unwrap();
+        assert_eq!(results[0].iter().map(|r| r.revision).collect::<Vec<_>>(), [4]);
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -290,7 +315,7 @@ mod tests {
         let grouped: Vec<usize> = runs(&commands).iter().map(Vec::len).collect();
         assert_eq!(grouped, [2, 1, 2, 1]);
 
-        let results = sm.apply([Entry { log_id, payload: EntryPayload::Normal(commands) }]).await.unwrap();
+        let results = sm.apply([Entry { log_id, payload: EntryPayload::Normal(commands.into()) }]).await.unwrap();
         let revisions: Vec<i64> = results[0].iter().map(|r| r.revision).collect();
         assert_eq!(revisions, [2, 3, 3, 4, 5, 5]);
         assert!(results[0].iter().all(|r| r.outcome.is_ok()), "the put saw the lease granted before it: {results:?}");
