@@ -62,8 +62,9 @@ fn resident_bytes() -> u64 {
 }
 
 /// Gives the free pages of every arena of both allocators back to the
-/// system; returns the resident memory afterwards.
-fn release() -> u64 {
+/// system; returns the resident memory afterwards. Blocks for a while (it
+/// takes each arena's lock): call it from a blocking thread.
+pub fn release() -> u64 {
     // 4096 is MALLCTL_ARENAS_ALL: every arena at once.
     const PURGE_ALL_ARENAS: &[u8] = b"arena.4096.purge\0";
     // SAFETY: the name is NUL-terminated, and a purge reads and writes no

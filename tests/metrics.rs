@@ -177,3 +177,27 @@ fn a_member_that_is_down_is_retried_every_heartbeat_and_logged_once() {
     let active = log[log_before.len()..].lines().filter(|l| l.contains("peer became active") && l.contains(&gone)).count();
     assert_eq!(active, 1, "one line for the member coming back");
 }
+
+#[test]
+fn an_idle_member_writes_out_its_memtables_and_keeps_every_key() {
+    let (_dir, m) = single_member(&[]);
+    let endpoint = m.endpoint();
+    let memtables = || value(&scrape(&endpoint), r#"cairn_memory_bytes{part="state_memtables"}"#);
+    let value_of = |i: usize| format!("{i:08}").repeat(1024);
+    runtime().block_on(async {
+        let mut c = client(&[endpoint.clone()]).await;
+        for i in 0..800 {
+            c.put(format!("key{i}"), value_of(i), None).await.unwrap();
+        }
+    });
+    let held = memtables();
+    assert!(held >= 6e6, "the 6.5 MB of puts are in the memtables: {held}");
+    // Not at once: a member still writing keeps them.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(memtables(), held, "written out before the member was idle");
+    wait_until(|| memtables() < 1e6, "an idle member's memtables written out");
+    let read = etcdctl_ok(&endpoint, &["get", "key799", "--print-value-only"]);
+    assert_eq!(read.trim(), value_of(799));
+    let keys = etcdctl_ok(&endpoint, &["get", "key", "--prefix", "--keys-only"]);
+    assert_eq!(keys.lines().filter(|l| !l.is_empty()).count(), 800);
+}

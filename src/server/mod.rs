@@ -4,6 +4,7 @@
 
 mod compaction;
 mod corruption;
+mod idle;
 mod leases;
 mod node;
 mod plan;
@@ -184,6 +185,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     tokio::spawn(count_leader_changes(node.clone()));
     tokio::spawn(crate::heap::return_freed_memory());
+    tokio::spawn(idle::flush_when_idle(node.clone()));
     if config.metrics_extensive {
         crate::metrics::METRICS.enable_extensive();
     }
