@@ -51,12 +51,28 @@ pub struct Proposal {
 /// The callers of an entry's commands, in order, answered once: by the
 /// state machine, or by the proposer if the entry was applied from a copy
 /// read back from disk, or failed.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Callers(Mutex<Option<Vec<Reply>>>);
 
 impl Callers {
-    pub(super) fn take(&self) -> Option<Vec<Reply>> {
+    fn take(&self) -> Option<Vec<Reply>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Gives each caller its command's result; hands the results back if
+    /// the callers were answered already.
+    pub(super) fn answer(&self, results: Vec<CommandResult>) -> Result<(), Vec<CommandResult>> {
+        let Some(replies) = self.take() else { return Err(results) };
+        for (reply, result) in replies.into_iter().zip(results) {
+            let _ = reply.send(Ok(result));
+        }
+        Ok(())
+    }
+
+    fn refuse(&self, refusal: PeerRefusal) {
+        for reply in self.take().unwrap_or_default() {
+            let _ = reply.send(Err(refusal.clone()));
+        }
     }
 }
 
@@ -82,13 +98,8 @@ impl Proposal {
     /// proposed the entry and they are still unanswered; returns what is
     /// left for openraft to pass on.
     pub fn answer(&self, results: Vec<CommandResult>) -> Vec<CommandResult> {
-        match self.callers.as_ref().and_then(|c| c.take()) {
-            Some(replies) => {
-                for (reply, result) in replies.into_iter().zip(results) {
-                    let _ = reply.send(Ok(result));
-                }
-                Vec::new()
-            }
+        match &self.callers {
+            Some(callers) => callers.answer(results).err().unwrap_or_default(),
             None => results,
         }
     }
@@ -135,22 +146,12 @@ impl Proposer {
                 tokio::spawn(async move {
                     let (commands, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.command, p.reply)).unzip();
                     let (proposal, callers) = Proposal::answering(commands, replies);
-                    let written = raft.client_write(proposal).await;
-                    // Usually the state machine has answered already.
-                    if let Some(replies) = callers.take() {
-                        match written {
-                            Ok(written) => {
-                                for (reply, result) in replies.into_iter().zip(written.data) {
-                                    let _ = reply.send(Ok(result));
-                                }
-                            }
-                            Err(e) => {
-                                let refusal = PeerRefusal::from_raft_error(e);
-                                for reply in replies {
-                                    let _ = reply.send(Err(refusal.clone()));
-                                }
-                            }
+                    // Usually the state machine has answered the callers already.
+                    match raft.client_write(proposal).await {
+                        Ok(written) => {
+                            let _ = callers.answer(written.data);
                         }
+                        Err(e) => callers.refuse(PeerRefusal::from_raft_error(e)),
                     }
                     drop(slot);
                 });

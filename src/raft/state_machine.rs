@@ -291,7 +291,7 @@ mod tests {
         let (proposal, callers) = Proposal::answering(vec![put("a"), put("b")], replies);
         let results = sm.apply([Entry { log_id: first, payload: EntryPayload::Normal(proposal) }]).await.unwrap();
         assert_eq!(results, [Vec::new()], "nothing is left for openraft to hand on");
-        assert!(callers.take().is_none(), "the callers are answered once");
+        assert!(callers.answer(Vec::new()).is_err(), "the callers are answered once");
         let mut revisions = Vec::new();
         for answer in answers {
             revisions.push(answer.await.expect("answered").expect("applied").revision);
