@@ -266,7 +266,9 @@ impl Consensus {
     /// Completes once this member has known no leader for `patience` (or
     /// Raft stopped): what ends etcd's require-leader watch streams.
     pub async fn leader_lost(&self, patience: Duration) {
-        let mut metrics = self.raft.metrics();
+        // Server metrics change with the leader; the full metrics change many
+        // times per entry, and every watch stream would wake with them.
+        let mut metrics = self.raft.server_metrics();
         loop {
             if metrics.wait_for(|m| m.current_leader.is_none()).await.is_err() {
                 return;

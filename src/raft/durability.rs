@@ -18,11 +18,11 @@
 //! crash, so a leader that restarts never leads its old term again
 //! (`LogStore::read_vote`), and a leader whose log writer fails stops at once.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use openraft::{ErrorSubject, ErrorVerb, StorageError, StorageIOError};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use super::{LogId, Raft};
 
@@ -34,18 +34,30 @@ struct OnDisk {
     failed: Option<String>,
 }
 
+/// Every sync changes `on_disk`, and a change wakes every task watching it:
+/// what waits for something rarer (the writer's failure, the disk reaching
+/// an owed commit) is told apart, so a write does not wake it for nothing.
 #[derive(Clone)]
 pub struct Durability {
     on_disk: Arc<watch::Sender<OnDisk>>,
+    /// Turns true when the writer fails.
+    writer_failed: Arc<watch::Sender<bool>>,
     /// The highest commit index a follower was not sent because of the cap;
     /// 0 when none is owed.
     owed: Arc<AtomicU64>,
+    /// Wakes `pay_owed_commits` once the disk reaches what is owed.
+    owed_on_disk: Arc<Notify>,
 }
 
 impl Durability {
     /// `last`: the last entry of the log as opened (all of it on disk).
     pub fn new(last: Option<LogId>) -> Durability {
-        Durability { on_disk: Arc::new(watch::channel(OnDisk { last, failed: None }).0), owed: Arc::default() }
+        Durability {
+            on_disk: Arc::new(watch::channel(OnDisk { last, failed: None }).0),
+            writer_failed: Arc::new(watch::channel(false).0),
+            owed: Arc::default(),
+            owed_on_disk: Arc::default(),
+        }
     }
 
     pub fn last(&self) -> Option<LogId> {
@@ -54,13 +66,20 @@ impl Durability {
 
     /// The writer synced the log up to `last`.
     pub(super) fn synced(&self, last: LogId) {
-        self.on_disk.send_if_modified(|d| {
+        let later = self.on_disk.send_if_modified(|d| {
             let later = d.last.is_none_or(|known| known.index < last.index);
             if later {
                 d.last = Some(last);
             }
             later
         });
+        // Pairs with the fence in `cap`: either this sees what `cap` owes,
+        // or `cap` sees this sync and owes nothing.
+        fence(Ordering::SeqCst);
+        let owed = self.owed.load(Ordering::SeqCst);
+        if later && owed != 0 && owed <= last.index {
+            self.owed_on_disk.notify_one();
+        }
     }
 
     /// A truncation removed every entry after `last`.
@@ -70,6 +89,7 @@ impl Durability {
 
     pub(super) fn failed(&self, error: &str) {
         self.on_disk.send_modify(|d| d.failed = Some(error.to_owned()));
+        self.writer_failed.send_replace(true);
     }
 
     /// Waits until this member's log is on disk up to `index`.
@@ -88,13 +108,11 @@ impl Durability {
 
     /// Resolves with the reason once the log writer has failed.
     pub async fn failure(&self) -> String {
-        let mut on_disk = self.on_disk.subscribe();
-        let failed = on_disk.wait_for(|d| d.failed.is_some()).await.map(|d| d.failed.clone().unwrap_or_default());
-        match failed {
-            Ok(failed) => failed,
+        if self.writer_failed.subscribe().wait_for(|failed| *failed).await.is_err() {
             // Unreachable while `self` holds the sender.
-            Err(_) => std::future::pending().await,
+            std::future::pending::<()>().await;
         }
+        self.on_disk.borrow().failed.clone().unwrap_or_default()
     }
 
     /// The commit index a follower may be told: `commit`, or this member's
@@ -106,9 +124,10 @@ impl Durability {
         if covers(self.last()) {
             return commit;
         }
-        self.owed.fetch_max(wanted.index, Ordering::AcqRel);
-        // Read again: a sync between the two reads may have woken the payer
-        // before it could see what is owed.
+        self.owed.fetch_max(wanted.index, Ordering::SeqCst);
+        // Read again: a sync between the two reads may not have seen what is
+        // owed (see `synced`).
+        fence(Ordering::SeqCst);
         let on_disk = self.last();
         if covers(on_disk) {
             return commit;
@@ -120,10 +139,10 @@ impl Durability {
     /// time the disk catches up with a commit index the cap held back:
     /// otherwise they would learn it only with the next write or heartbeat.
     pub async fn pay_owed_commits(&self, raft: Raft) {
-        let mut on_disk = self.on_disk.subscribe();
-        while on_disk.changed().await.is_ok() {
-            let last = on_disk.borrow_and_update().last.map_or(0, |l| l.index);
-            let owed = self.owed.load(Ordering::Acquire);
+        loop {
+            self.owed_on_disk.notified().await;
+            let last = self.last().map_or(0, |l| l.index);
+            let owed = self.owed.load(Ordering::SeqCst);
             if owed == 0 || owed > last {
                 continue;
             }
@@ -170,6 +189,41 @@ mod tests {
         assert_eq!(durability.last(), Some(id(6)), "a sync never moves the disk back");
         durability.truncated_to(Some(id(2)));
         assert_eq!(durability.cap(Some(id(6))), Some(id(2)));
+    }
+
+    /// Counts the wakes of futures polled by hand.
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_sync_wakes_neither_the_failure_watch_nor_the_payer_until_it_concerns_them() {
+        use std::future::Future;
+        use std::task::{Context, Poll, Waker};
+
+        let durability = Durability::new(Some(id(4)));
+        let wakes = Arc::new(Wakes(Default::default()));
+        let waker = Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut failure = Box::pin(durability.failure());
+        let mut owed_on_disk = Box::pin(durability.owed_on_disk.notified());
+        assert!(failure.as_mut().poll(&mut cx).is_pending());
+        assert!(owed_on_disk.as_mut().poll(&mut cx).is_pending());
+
+        durability.synced(id(5));
+        assert_eq!(durability.cap(Some(id(7))), Some(id(5)));
+        durability.synced(id(6));
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 0, "nothing failed, and what is owed is not on disk yet");
+        durability.synced(id(7));
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "the owed commit is on disk");
+        assert!(owed_on_disk.as_mut().poll(&mut cx).is_ready());
+
+        durability.failed("disk full");
+        assert!(matches!(failure.as_mut().poll(&mut cx), Poll::Ready(e) if e == "disk full"));
     }
 
     #[tokio::test]
