@@ -13,6 +13,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
@@ -105,6 +106,21 @@ impl Proposal {
     }
 }
 
+/// Proposes one entry of `batch`'s commands; `slot` is held until it is
+/// committed or has failed.
+async fn commit(raft: Raft, batch: Vec<Pending>, slot: OwnedSemaphorePermit) {
+    let (commands, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+    let (proposal, callers) = Proposal::answering(commands, replies);
+    // Usually the state machine has answered the callers already.
+    match raft.client_write(proposal).await {
+        Ok(written) => {
+            let _ = callers.answer(written.data);
+        }
+        Err(e) => callers.refuse(PeerRefusal::from_raft_error(e)),
+    }
+    drop(slot);
+}
+
 #[derive(Clone)]
 pub struct Proposer {
     queue: mpsc::UnboundedSender<Pending>,
@@ -121,8 +137,25 @@ impl Proposer {
         let waiting = Arc::new(AtomicUsize::new(0));
         let proposer = Proposer { queue, waiting: waiting.clone(), slots: slots.clone() };
         tokio::spawn(async move {
-            while let Some(first) = incoming.recv().await {
-                let Ok(slot) = slots.clone().acquire_owned().await else { return };
+            // The entries being committed are driven here rather than each
+            // in a task of its own: a spawn per entry would cost a thread
+            // wake-up per entry for nothing.
+            let mut committing = FuturesUnordered::new();
+            loop {
+                let first = tokio::select! {
+                    Some(()) = committing.next() => continue,
+                    first = incoming.recv() => match first {
+                        Some(first) => first,
+                        None => break,
+                    },
+                };
+                let slot = loop {
+                    tokio::select! {
+                        slot = slots.clone().acquire_owned() => break slot,
+                        Some(()) = committing.next() => {}
+                    }
+                };
+                let Ok(slot) = slot else { return };
                 // Everything that queued up while waiting for a slot joins
                 // this entry, but for commands whose callers have gone: no
                 // one waits for them, so they are not proposed at all.
@@ -139,23 +172,11 @@ impl Proposer {
                 }
                 waiting.fetch_sub(batch.len(), Ordering::AcqRel);
                 batch.retain(|p| !p.reply.is_closed());
-                if batch.is_empty() {
-                    continue;
+                if !batch.is_empty() {
+                    committing.push(commit(raft.clone(), batch, slot));
                 }
-                let raft = raft.clone();
-                tokio::spawn(async move {
-                    let (commands, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.command, p.reply)).unzip();
-                    let (proposal, callers) = Proposal::answering(commands, replies);
-                    // Usually the state machine has answered the callers already.
-                    match raft.client_write(proposal).await {
-                        Ok(written) => {
-                            let _ = callers.answer(written.data);
-                        }
-                        Err(e) => callers.refuse(PeerRefusal::from_raft_error(e)),
-                    }
-                    drop(slot);
-                });
             }
+            while committing.next().await.is_some() {}
         });
         proposer
     }
