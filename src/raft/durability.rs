@@ -73,11 +73,14 @@ impl Durability {
             }
             later
         });
+        if !later {
+            return;
+        }
         // Pairs with the fence in `cap`: either this sees what `cap` owes,
         // or `cap` sees this sync and owes nothing.
         fence(Ordering::SeqCst);
         let owed = self.owed.load(Ordering::SeqCst);
-        if later && owed != 0 && owed <= last.index {
+        if owed != 0 && owed <= last.index {
             self.owed_on_disk.notify_one();
         }
     }

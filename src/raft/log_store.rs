@@ -70,6 +70,10 @@ fn write_error(e: impl std::error::Error + 'static) -> StorageError<u64> {
     io_error(ErrorSubject::Logs, ErrorVerb::Write, e)
 }
 
+fn writer_gone() -> StorageError<u64> {
+    write_error(std::io::Error::other("the log writer thread is gone"))
+}
+
 impl Job {
     /// Whether the batch holding this job must be fsynced. Log entries and
     /// truncations must, and so must anything someone waits for. The commit
@@ -185,19 +189,18 @@ impl LogStore {
     }
 
     fn send(&mut self, job: Job) -> Result<(), StorageError<u64>> {
-        let gone = |_| write_error(std::io::Error::other("the log writer thread is gone"));
         if let Some(commit) = self.unsaved_commit.take() {
             let change = LogWrite::Meta(COMMITTED, commit);
-            self.jobs.send(Job { change, append: 0, last: None, notify: Notify::Nobody }).map_err(gone)?;
+            self.jobs.send(Job { change, append: 0, last: None, notify: Notify::Nobody }).map_err(|_| writer_gone())?;
         }
-        self.jobs.send(job).map_err(gone)
+        self.jobs.send(job).map_err(|_| writer_gone())
     }
 
     /// Queues `change` and waits until it is durable.
     async fn write_durably(&mut self, change: LogWrite) -> Result<(), StorageError<u64>> {
         let (done, written) = oneshot::channel();
         self.queue(change, 0, Notify::Waiter(done))?;
-        let result = written.await.map_err(|_| write_error(std::io::Error::other("the log writer thread is gone")))?;
+        let result = written.await.map_err(|_| writer_gone())?;
         result.map_err(|e| write_error(std::io::Error::other(e)))
     }
 }
