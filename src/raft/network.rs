@@ -174,15 +174,44 @@ impl Peers {
             Method::Campaign => client.campaign(req).await,
             Method::HashKv => client.hash_kv(req).await,
         };
+        self.take_answer(id, reply.map(tonic::Response::into_inner))
+    }
+
+    /// What every answer from member `id` goes through, a call's or a
+    /// stream message's: the removed-member signal, the member's health,
+    /// the byte count, the payload.
+    fn take_answer<Resp: DeserializeOwned>(&self, id: u64, reply: Result<Payload, tonic::Status>) -> Result<Resp, CallError> {
         if let Err(status) = &reply {
             if status.code() == tonic::Code::FailedPrecondition && status.message().starts_with(REMOVED_MEMBER) {
                 self.removed.send_replace(true);
             }
         }
         self.record_health(id, reply.as_ref().err());
-        let reply = reply?.into_inner();
-        meters.received_bytes().inc_by(reply.data.len() as u64);
+        let reply = reply?;
+        METRICS.peer(id).received_bytes().inc_by(reply.data.len() as u64);
         Ok(decode(&reply.data)?)
+    }
+
+    async fn open_append_stream(&self, id: u64, node: &PeerNode) -> Result<AppendStream, tonic::Status> {
+        let mut client = self.client(id, node).map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let (calls, queued) = tokio::sync::mpsc::channel(1);
+        let answers = client.append_entries_stream(tokio_stream::wrappers::ReceiverStream::new(queued)).await?.into_inner();
+        Ok(AppendStream { calls, answers })
+    }
+}
+
+/// A leader's open AppendEntries stream to one member. openraft 0.9 sends
+/// a member one call at a time, so each answer is the last call's.
+struct AppendStream {
+    calls: tokio::sync::mpsc::Sender<Payload>,
+    answers: tonic::Streaming<Payload>,
+}
+
+impl AppendStream {
+    async fn exchange(&mut self, request: Vec<u8>) -> Result<Payload, tonic::Status> {
+        let closed = || tonic::Status::unavailable("the member closed the AppendEntries stream");
+        self.calls.send(Payload { data: request }).await.map_err(|_| closed())?;
+        self.answers.message().await?.ok_or_else(closed)
     }
 }
 
@@ -214,7 +243,7 @@ impl RaftNetworkFactory<TypeConfig> for RaftPeers {
 
     async fn new_client(&mut self, target: u64, node: &PeerNode) -> PeerConnection {
         let (peers, durability, retry) = (self.peers.clone(), self.durability.clone(), self.retry);
-        PeerConnection { peers, durability, retry, target, node: node.clone() }
+        PeerConnection { peers, durability, retry, target, node: node.clone(), stream: None, unary_only: false }
     }
 }
 
@@ -224,6 +253,10 @@ pub struct PeerConnection {
     retry: Duration,
     target: u64,
     node: PeerNode,
+    /// Opened by the first AppendEntries call, and again after a failed one.
+    stream: Option<AppendStream>,
+    /// The member does not know the stream (an older cairn): unary calls.
+    unary_only: bool,
 }
 
 /// openraft 0.9 gives an AppendEntries call one heartbeat interval, the
@@ -245,16 +278,54 @@ impl PeerConnection {
         request: Vec<u8>,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<u64, PeerNode, RaftError<u64, E>>> {
-        let reply: Result<Resp, RaftError<u64, E>> = self
-            .peers
-            .call_encoded(self.target, &self.node, Some(option.hard_ttl()), method, request)
-            .await
-            .map_err(|e| match e {
-                CallError::Payload(_) => RPCError::Network(NetworkError::new(&e)),
-                _ => RPCError::Unreachable(Unreachable::new(&e)),
-            })?;
+        let reply = self.peers.call_encoded(self.target, &self.node, Some(option.hard_ttl()), method, request).await;
+        self.raft_answer(reply)
+    }
+
+    fn raft_answer<Resp, E: std::error::Error>(
+        &self,
+        reply: Result<Result<Resp, RaftError<u64, E>>, CallError>,
+    ) -> Result<Resp, RPCError<u64, PeerNode, RaftError<u64, E>>> {
+        let reply = reply.map_err(|e| match e {
+            CallError::Payload(_) => RPCError::Network(NetworkError::new(&e)),
+            _ => RPCError::Unreachable(Unreachable::new(&e)),
+        })?;
         reply.map_err(|e| RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), e)))
     }
+
+    /// An AppendEntries call on the stream to the member, opened if need
+    /// be. A call that fails or times out closes the stream: its answer,
+    /// if it comes, must not be taken for the next call's.
+    async fn append_on_stream(
+        &mut self,
+        request: Vec<u8>,
+        option: &RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, PeerNode, RaftError<u64>>> {
+        let deadline = tokio::time::Instant::now() + option.hard_ttl();
+        if self.stream.is_none() && !self.unary_only {
+            match by(deadline, self.peers.open_append_stream(self.target, &self.node)).await {
+                Ok(opened) => self.stream = Some(opened),
+                // A member of an older cairn.
+                Err(refused) if refused.code() == tonic::Code::Unimplemented => self.unary_only = true,
+                Err(refused) => return self.raft_answer(self.peers.take_answer(self.target, Err(refused))),
+            }
+        }
+        let Some(stream) = &mut self.stream else {
+            return self.raft_call(Method::AppendEntries, request, option).await;
+        };
+        METRICS.peer(self.target).sent_bytes().inc_by(request.len() as u64);
+        let reply = by(deadline, stream.exchange(request)).await;
+        if reply.is_err() {
+            self.stream = None;
+        }
+        self.raft_answer(self.peers.take_answer(self.target, reply))
+    }
+}
+
+/// `call`'s outcome, or a deadline error once `deadline` passed.
+async fn by<T>(deadline: tokio::time::Instant, call: impl Future<Output = Result<T, tonic::Status>>) -> Result<T, tonic::Status> {
+    let late = || tonic::Status::deadline_exceeded("the member did not answer in time");
+    tokio::time::timeout_at(deadline, call).await.unwrap_or_else(|_| Err(late()))
 }
 
 fn unreachable<E: std::error::Error + 'static>(e: &E) -> StreamingError<TypeConfig, Fatal<u64>> {
@@ -343,12 +414,12 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(hint)));
         }
         if entries > 0 {
-            return self.raft_call(Method::AppendEntries, request, &option).await;
+            return self.append_on_stream(request, &option).await;
         }
         // A heartbeat: no entries, so no fsync on the follower; its time is
         // the round trip etcd's prober measures.
         let sent = Instant::now();
-        let answer = self.raft_call(Method::AppendEntries, request, &option).await;
+        let answer = self.append_on_stream(request, &option).await;
         match &answer {
             Ok(_) => METRICS.peer(self.target).round_trip_seconds().observe(sent.elapsed().as_secs_f64()),
             Err(RPCError::Unreachable(_) | RPCError::Network(_)) => METRICS.heartbeat_send_failures.inc(),
@@ -382,5 +453,139 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
     ) -> Result<VoteResponse<u64>, RPCError<u64, PeerNode, RaftError<u64>>> {
         let transfer = self.peers.transfer_campaign_term.load(Ordering::Acquire) == rpc.vote.leader_id().term;
         self.raft_call(Method::Vote, encode(&(&rpc, transfer)), &option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use futures::stream::{BoxStream, StreamExt};
+    use openraft::raft::AppendEntriesResponse::{HigherVote, Success};
+    use tonic::{Request, Response, Status, Streaming};
+
+    use super::*;
+    use crate::raft::peerpb::peer_server::{Peer, PeerServer};
+
+    /// A member that answers AppendEntries, counting how it was asked; a
+    /// call in term 99 it answers late, and differently.
+    #[derive(Clone, Default)]
+    struct Member {
+        knows_streams: bool,
+        streams: Arc<AtomicUsize>,
+        unary_calls: Arc<AtomicUsize>,
+    }
+
+    async fn answer(call: &Payload) -> Result<Payload, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(&call.data).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let answer: Result<AppendEntriesResponse<u64>, RaftError<u64>> = match rpc.vote.leader_id().term {
+            99 => {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Ok(HigherVote(Vote::new(100, 3)))
+            }
+            _ => Ok(Success),
+        };
+        Ok(Payload { data: encode(&answer) })
+    }
+
+    type Answer = Result<Response<Payload>, Status>;
+
+    #[tonic::async_trait]
+    impl Peer for Member {
+        async fn append_entries(&self, req: Request<Payload>) -> Answer {
+            self.unary_calls.fetch_add(1, Ordering::SeqCst);
+            Ok(Response::new(answer(req.get_ref()).await?))
+        }
+
+        type AppendEntriesStreamStream = BoxStream<'static, Result<Payload, Status>>;
+
+        async fn append_entries_stream(
+            &self,
+            req: Request<Streaming<Payload>>,
+        ) -> Result<Response<Self::AppendEntriesStreamStream>, Status> {
+            if !self.knows_streams {
+                return Err(Status::unimplemented(""));
+            }
+            self.streams.fetch_add(1, Ordering::SeqCst);
+            let answers = futures::stream::unfold(req.into_inner(), |mut calls| async move {
+                let call = calls.message().await.ok()??;
+                Some((answer(&call).await, calls))
+            });
+            Ok(Response::new(answers.boxed()))
+        }
+
+        async fn vote(&self, _: Request<Payload>) -> Answer {
+            Err(Status::unimplemented(""))
+        }
+        async fn snapshot(&self, _: Request<Streaming<Payload>>) -> Answer {
+            Err(Status::unimplemented(""))
+        }
+        async fn forward(&self, _: Request<Payload>) -> Answer {
+            Err(Status::unimplemented(""))
+        }
+        async fn read_index(&self, _: Request<Payload>) -> Answer {
+            Err(Status::unimplemented(""))
+        }
+        async fn lease(&self, _: Request<Payload>) -> Answer {
+            Err(Status::unimplemented(""))
+        }
+        async fn reconfigure(&self, _: Request<Payload>) -> Answer {
+            Err(Status::unimplemented(""))
+        }
+        async fn cluster_info(&self, _: Request<Payload>) -> Answer {
+            Err(Status::unimplemented(""))
+        }
+        async fn campaign(&self, _: Request<Payload>) -> Answer {
+            Err(Status::unimplemented(""))
+        }
+        async fn hash_kv(&self, _: Request<Payload>) -> Answer {
+            Err(Status::unimplemented(""))
+        }
+    }
+
+    /// A leader's connection to `member`, served on a loopback port.
+    async fn connect(member: Member) -> PeerConnection {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let node = PeerNode { name: "m2".into(), peer_urls: vec![format!("http://{}", listener.local_addr().unwrap())] };
+        let server = tonic::transport::Server::builder().add_service(PeerServer::new(member));
+        tokio::spawn(server.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)));
+        let peers = Peers::new(Credentials::anonymous(), Dialer::default());
+        let mut factory = RaftPeers { peers, durability: Durability::new(None), retry: Duration::from_millis(10) };
+        factory.new_client(2, &node).await
+    }
+
+    async fn send(
+        connection: &mut PeerConnection,
+        term: u64,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, PeerNode, RaftError<u64>>> {
+        let rpc = AppendEntriesRequest { vote: Vote::new_committed(term, 1), prev_log_id: None, entries: vec![], leader_commit: None };
+        connection.append_entries(rpc, RPCOption::new(Duration::from_millis(150))).await
+    }
+
+    #[tokio::test]
+    async fn calls_share_one_stream_until_one_times_out_and_a_late_answer_is_not_taken_for_the_next() {
+        let member = Member { knows_streams: true, ..Member::default() };
+        let mut connection = connect(member.clone()).await;
+        for _ in 0..3 {
+            assert_eq!(send(&mut connection, 2).await.unwrap(), Success);
+        }
+        assert_eq!(member.streams.load(Ordering::SeqCst), 1);
+
+        assert!(matches!(send(&mut connection, 99).await, Err(RPCError::Unreachable(_))), "answered after the deadline");
+        // The late answer (HigherVote) would be this call's on the same stream.
+        assert_eq!(send(&mut connection, 2).await.unwrap(), Success);
+        assert_eq!(member.streams.load(Ordering::SeqCst), 2, "a new stream after the timeout");
+        assert_eq!(member.unary_calls.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_member_that_does_not_know_the_stream_gets_unary_calls() {
+        let member = Member { knows_streams: false, ..Member::default() };
+        let mut connection = connect(member.clone()).await;
+        for _ in 0..2 {
+            assert_eq!(send(&mut connection, 2).await.unwrap(), Success);
+        }
+        assert_eq!(member.unary_calls.load(Ordering::SeqCst), 2);
+        assert!(connection.peers.active_since(2).is_some(), "no failure recorded for the first call");
     }
 }

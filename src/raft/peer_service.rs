@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::stream::{BoxStream, StreamExt};
 use openraft::{Snapshot, Vote};
 use tokio::io::AsyncWriteExt;
 use tonic::metadata::MetadataMap;
@@ -25,6 +26,7 @@ use crate::metrics::METRICS;
 use crate::store::types::{Command, CommandResult};
 use crate::store::Store;
 
+#[derive(Clone)]
 pub struct PeerService {
     pub(super) raft: Raft,
     pub(super) proposer: Proposer,
@@ -49,11 +51,14 @@ pub(super) struct Vouching {
 const LOOKUP_PAUSE: Duration = Duration::from_secs(1);
 
 fn payload<T: serde::de::DeserializeOwned>(req: Request<Payload>) -> Result<T, Status> {
-    if let Some(sender) = credentials::sender(req.metadata()) {
-        let bytes = req.get_ref().data.len() as u64;
-        METRICS.peer(sender).received_bytes().inc_by(bytes);
-    }
+    count_received(req.metadata(), req.get_ref());
     decoded(&req.into_inner())
+}
+
+fn count_received(metadata: &MetadataMap, message: &Payload) {
+    if let Some(sender) = credentials::sender(metadata) {
+        METRICS.peer(sender).received_bytes().inc_by(message.data.len() as u64);
+    }
 }
 
 fn decoded<T: serde::de::DeserializeOwned>(message: &Payload) -> Result<T, Status> {
@@ -126,6 +131,15 @@ impl PeerService {
         false
     }
 
+    /// One AppendEntries call, unary or one message of a stream: admitted
+    /// on its own, so a stream stops being served once its sender is no
+    /// longer a member.
+    async fn append(&self, metadata: &MetadataMap, call: &Payload) -> Result<Payload, Status> {
+        self.admit(metadata, Needs::Member).await?;
+        count_received(metadata, call);
+        Ok(Payload { data: encode(&self.raft.append_entries(decoded(call)?).await) })
+    }
+
     /// Writes a snapshot stream to `data`'s file (memory stays at a chunk or
     /// two) and installs it once complete.
     async fn receive_snapshot(&self, mut stream: Streaming<Payload>, data: SnapshotData) -> Result<Response<Payload>, Status> {
@@ -149,8 +163,31 @@ impl PeerService {
 #[tonic::async_trait]
 impl Peer for PeerService {
     async fn append_entries(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let (metadata, _, call) = req.into_parts();
+        Ok(Response::new(self.append(&metadata, &call).await?))
+    }
+
+    type AppendEntriesStreamStream = BoxStream<'static, Result<Payload, Status>>;
+
+    /// Answers the calls in order; a refused or failed call ends the stream
+    /// with its status, and the leader opens another.
+    async fn append_entries_stream(
+        &self,
+        req: Request<Streaming<Payload>>,
+    ) -> Result<Response<Self::AppendEntriesStreamStream>, Status> {
         self.admit(req.metadata(), Needs::Member).await?;
-        reply(&self.raft.append_entries(payload(req)?).await)
+        let (metadata, _, calls) = req.into_parts();
+        let answers = futures::stream::unfold(Some((self.clone(), metadata, calls)), |serving| async move {
+            let (service, metadata, mut calls) = serving?;
+            let answer = match calls.message().await {
+                Ok(Some(call)) => service.append(&metadata, &call).await,
+                Ok(None) => return None,
+                Err(status) => Err(status),
+            };
+            let next = answer.is_ok().then_some((service, metadata, calls));
+            Some((answer, next))
+        });
+        Ok(Response::new(answers.boxed()))
     }
 
     async fn vote(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
