@@ -406,3 +406,28 @@ fn a_leader_that_cannot_commit_refuses_writes_past_its_backlog() {
         "{written} puts whose callers had gone were proposed after the followers came back; at most the {AT_MOST_IN_FLIGHT} in flight may be"
     );
 }
+
+/// A leader sends each follower its entries on one long-lived stream. A
+/// follower told to stop ends that stream, rather than have its server's
+/// graceful stop wait out a stream the leader never closes.
+#[test]
+fn a_follower_stops_at_once_while_the_leader_writes_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut members = three_member_cluster(dir.path());
+    let rt = runtime();
+    let leader = rt.block_on(leader_index(&members));
+    let acked = Arc::new(Mutex::new(BTreeMap::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let to_leader = Arc::new(Mutex::new(vec![members[leader].endpoint()]));
+    let writer = spawn_writer(&rt, to_leader, acked.clone(), stop.clone());
+    std::thread::sleep(Duration::from_millis(500));
+
+    let asked = Instant::now();
+    let status = members[(leader + 1) % 3].terminate();
+    let took = asked.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    rt.block_on(writer).unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(took < Duration::from_secs(1), "the follower took {took:?} to stop");
+    assert!(!acked.lock().unwrap().is_empty(), "the leader was writing");
+}

@@ -186,7 +186,8 @@ impl Consensus {
         }
     }
 
-    pub fn peer_service(&self) -> PeerService {
+    /// `stopping` turns true when the member stops.
+    pub fn peer_service(&self, stopping: tokio::sync::watch::Receiver<bool>) -> PeerService {
         PeerService {
             raft: self.raft.clone(),
             proposer: self.proposer.clone(),
@@ -197,6 +198,7 @@ impl Consensus {
             peers: self.peers.clone(),
             vouching: self.vouching.clone(),
             cluster_id: self.cluster_id,
+            stopping,
         }
     }
 

@@ -180,7 +180,11 @@ impl Peers {
     /// What every answer from member `id` goes through, a call's or a
     /// stream message's: the removed-member signal, the member's health,
     /// the byte count, the payload.
-    fn take_answer<Resp: DeserializeOwned>(&self, id: u64, reply: Result<Payload, tonic::Status>) -> Result<Resp, CallError> {
+    fn take_answer<Resp: DeserializeOwned>(
+        &self,
+        id: u64,
+        reply: Result<Payload, tonic::Status>,
+    ) -> Result<Resp, CallError> {
         if let Err(status) = &reply {
             if status.code() == tonic::Code::FailedPrecondition && status.message().starts_with(REMOVED_MEMBER) {
                 self.removed.send_replace(true);
@@ -195,7 +199,8 @@ impl Peers {
     async fn open_append_stream(&self, id: u64, node: &PeerNode) -> Result<AppendStream, tonic::Status> {
         let mut client = self.client(id, node).map_err(|e| tonic::Status::unavailable(e.to_string()))?;
         let (calls, queued) = tokio::sync::mpsc::channel(1);
-        let answers = client.append_entries_stream(tokio_stream::wrappers::ReceiverStream::new(queued)).await?.into_inner();
+        let queued = tokio_stream::wrappers::ReceiverStream::new(queued);
+        let answers = client.append_entries_stream(queued).await?.into_inner();
         Ok(AppendStream { calls, answers })
     }
 }
@@ -323,7 +328,10 @@ impl PeerConnection {
 }
 
 /// `call`'s outcome, or a deadline error once `deadline` passed.
-async fn by<T>(deadline: tokio::time::Instant, call: impl Future<Output = Result<T, tonic::Status>>) -> Result<T, tonic::Status> {
+async fn by<T>(
+    deadline: tokio::time::Instant,
+    call: impl Future<Output = Result<T, tonic::Status>>,
+) -> Result<T, tonic::Status> {
     let late = || tonic::Status::deadline_exceeded("the member did not answer in time");
     tokio::time::timeout_at(deadline, call).await.unwrap_or_else(|_| Err(late()))
 }
@@ -477,7 +485,8 @@ mod tests {
     }
 
     async fn answer(call: &Payload) -> Result<Payload, Status> {
-        let rpc: AppendEntriesRequest<TypeConfig> = decode(&call.data).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let rpc: AppendEntriesRequest<TypeConfig> =
+            decode(&call.data).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let answer: Result<AppendEntriesResponse<u64>, RaftError<u64>> = match rpc.vote.leader_id().term {
             99 => {
                 tokio::time::sleep(Duration::from_millis(300)).await;
@@ -546,7 +555,8 @@ mod tests {
     /// A leader's connection to `member`, served on a loopback port.
     async fn connect(member: Member) -> PeerConnection {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let node = PeerNode { name: "m2".into(), peer_urls: vec![format!("http://{}", listener.local_addr().unwrap())] };
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let node = PeerNode { name: "m2".into(), peer_urls: vec![url] };
         let server = tonic::transport::Server::builder().add_service(PeerServer::new(member));
         tokio::spawn(server.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)));
         let peers = Peers::new(Credentials::anonymous(), Dialer::default());
@@ -558,7 +568,8 @@ mod tests {
         connection: &mut PeerConnection,
         term: u64,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, PeerNode, RaftError<u64>>> {
-        let rpc = AppendEntriesRequest { vote: Vote::new_committed(term, 1), prev_log_id: None, entries: vec![], leader_commit: None };
+        let vote = Vote::new_committed(term, 1);
+        let rpc = AppendEntriesRequest { vote, prev_log_id: None, entries: vec![], leader_commit: None };
         connection.append_entries(rpc, RPCOption::new(Duration::from_millis(150))).await
     }
 
@@ -571,7 +582,8 @@ mod tests {
         }
         assert_eq!(member.streams.load(Ordering::SeqCst), 1);
 
-        assert!(matches!(send(&mut connection, 99).await, Err(RPCError::Unreachable(_))), "answered after the deadline");
+        let late = send(&mut connection, 99).await;
+        assert!(matches!(late, Err(RPCError::Unreachable(_))), "answered after the deadline");
         // The late answer (HigherVote) would be this call's on the same stream.
         assert_eq!(send(&mut connection, 2).await.unwrap(), Success);
         assert_eq!(member.streams.load(Ordering::SeqCst), 2, "a new stream after the timeout");

@@ -37,6 +37,9 @@ pub struct PeerService {
     pub(super) peers: Peers,
     pub(super) vouching: Arc<Mutex<Vouching>>,
     pub(super) cluster_id: u64,
+    /// Turns true when the member stops: its AppendEntries streams end then,
+    /// as the server's graceful stop waits for every open stream.
+    pub(super) stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Senders missing from this member's membership that a member it knows
@@ -179,7 +182,12 @@ impl Peer for PeerService {
         let (metadata, _, calls) = req.into_parts();
         let answers = futures::stream::unfold(Some((self.clone(), metadata, calls)), |serving| async move {
             let (service, metadata, mut calls) = serving?;
-            let answer = match calls.message().await {
+            let mut stopping = service.stopping.clone();
+            let call = tokio::select! {
+                call = calls.message() => call,
+                _ = stopping.wait_for(|stop| *stop) => return None,
+            };
+            let answer = match call {
                 Ok(Some(call)) => service.append(&metadata, &call).await,
                 Ok(None) => return None,
                 Err(status) => Err(status),

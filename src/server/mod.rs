@@ -303,7 +303,7 @@ type Servers = JoinSet<Result<(), tonic::transport::Error>>;
 fn serve_peers(node: &Arc<Node>, listeners: Vec<Listener>, security: &Security, peer_message_limit: usize, stop: &watch::Receiver<bool>) -> Servers {
     let mut servers = JoinSet::new();
     for listener in listeners {
-        let service = PeerServer::new(node.consensus.peer_service())
+        let service = PeerServer::new(node.consensus.peer_service(stop.clone()))
             .max_decoding_message_size(peer_message_limit)
             .max_encoding_message_size(usize::MAX);
         let stop = wait_for(stop.clone());
