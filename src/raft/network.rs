@@ -28,7 +28,7 @@ use super::durability::Durability;
 use super::peerpb::peer_client::PeerClient;
 use super::peerpb::Payload;
 use super::{decode, encode, PeerNode, TypeConfig};
-use crate::metrics::METRICS;
+use crate::metrics::{PeerMeters, METRICS};
 
 /// Channels to the other members, shared by Raft replication and forwarding.
 #[derive(Clone)]
@@ -174,7 +174,7 @@ impl Peers {
             Method::Campaign => client.campaign(req).await,
             Method::HashKv => client.hash_kv(req).await,
         };
-        self.take_answer(id, reply.map(tonic::Response::into_inner))
+        self.take_answer(id, &meters, reply.map(tonic::Response::into_inner))
     }
 
     /// What every answer from member `id` goes through, a call's or a
@@ -183,6 +183,7 @@ impl Peers {
     fn take_answer<Resp: DeserializeOwned>(
         &self,
         id: u64,
+        meters: &PeerMeters,
         reply: Result<Payload, tonic::Status>,
     ) -> Result<Resp, CallError> {
         if let Err(status) = &reply {
@@ -192,7 +193,7 @@ impl Peers {
         }
         self.record_health(id, reply.as_ref().err());
         let reply = reply?;
-        METRICS.peer(id).received_bytes().inc_by(reply.data.len() as u64);
+        meters.received_bytes().inc_by(reply.data.len() as u64);
         Ok(decode(&reply.data)?)
     }
 
@@ -307,23 +308,24 @@ impl PeerConnection {
         option: &RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, PeerNode, RaftError<u64>>> {
         let deadline = tokio::time::Instant::now() + option.hard_ttl();
+        let meters = METRICS.peer(self.target);
         if self.stream.is_none() && !self.unary_only {
             match by(deadline, self.peers.open_append_stream(self.target, &self.node)).await {
                 Ok(opened) => self.stream = Some(opened),
                 // A member of an older cairn.
                 Err(refused) if refused.code() == tonic::Code::Unimplemented => self.unary_only = true,
-                Err(refused) => return self.raft_answer(self.peers.take_answer(self.target, Err(refused))),
+                Err(refused) => return self.raft_answer(self.peers.take_answer(self.target, &meters, Err(refused))),
             }
         }
         let Some(stream) = &mut self.stream else {
             return self.raft_call(Method::AppendEntries, request, option).await;
         };
-        METRICS.peer(self.target).sent_bytes().inc_by(request.len() as u64);
+        meters.sent_bytes().inc_by(request.len() as u64);
         let reply = by(deadline, stream.exchange(request)).await;
         if reply.is_err() {
             self.stream = None;
         }
-        self.raft_answer(self.peers.take_answer(self.target, reply))
+        self.raft_answer(self.peers.take_answer(self.target, &meters, reply))
     }
 }
 

@@ -180,9 +180,9 @@ impl Peer for PeerService {
     ) -> Result<Response<Self::AppendEntriesStreamStream>, Status> {
         self.admit(req.metadata(), Needs::Member).await?;
         let (metadata, _, calls) = req.into_parts();
-        let answers = futures::stream::unfold(Some((self.clone(), metadata, calls)), |serving| async move {
-            let (service, metadata, mut calls) = serving?;
-            let mut stopping = service.stopping.clone();
+        let serving = (self.clone(), metadata, calls, self.stopping.clone());
+        let answers = futures::stream::unfold(Some(serving), |serving| async move {
+            let (service, metadata, mut calls, mut stopping) = serving?;
             let call = tokio::select! {
                 call = calls.message() => call,
                 _ = stopping.wait_for(|stop| *stop) => return None,
@@ -192,7 +192,7 @@ impl Peer for PeerService {
                 Ok(None) => return None,
                 Err(status) => Err(status),
             };
-            let next = answer.is_ok().then_some((service, metadata, calls));
+            let next = answer.is_ok().then_some((service, metadata, calls, stopping));
             Some((answer, next))
         });
         Ok(Response::new(answers.boxed()))
