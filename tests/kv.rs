@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 
 use common::{client, code_and_message, runtime, single_member};
 use etcd_client::{Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp};
@@ -244,5 +246,53 @@ fn space_quota_refuses_puts_not_deletes() {
         // Deleting is how space is freed: it still goes through.
         c.delete("k", None).await.unwrap();
         c.txn(Txn::new().and_then([TxnOp::delete("k", Some(DeleteOptions::new().with_prefix()))])).await.unwrap();
+    });
+}
+
+/// The store's revision and every key with its value, create and mod revision and version.
+async fn every_key(endpoint: String) -> (i64, Vec<(Vec<u8>, Vec<u8>, i64, i64, i64)>) {
+    let mut c = client(&[endpoint]).await;
+    let got = c.get("\0", Some(GetOptions::new().with_from_key())).await.unwrap();
+    let kvs = got
+        .kvs()
+        .iter()
+        .map(|kv| (kv.key().to_vec(), kv.value().to_vec(), kv.create_revision(), kv.mod_revision(), kv.version()))
+        .collect();
+    (got.header().unwrap().revision(), kvs)
+}
+
+/// The state database keeps no write-ahead log of its own: a member killed
+/// with -9 loses what it had not written out and applies it again from the
+/// Raft log, to the same keys, versions and revisions.
+#[test]
+fn a_member_killed_9_applies_its_writes_again_from_the_raft_log() {
+    let (_dir, mut m) = single_member(&[]);
+    let rt = runtime();
+    let before = rt.block_on(async {
+        let mut c = client(&[m.endpoint()]).await;
+        for (key, value) in [("a", "1"), ("b", "1"), ("a", "2"), ("c", "1"), ("a", "3")] {
+            c.put(key, value, None).await.unwrap();
+        }
+        c.delete("b", None).await.unwrap();
+        every_key(m.endpoint()).await
+    });
+    assert_eq!(before.1.len(), 2, "a and c");
+    let state_log_bytes: u64 = std::fs::read_dir(m.data_dir.join("member/snap/db"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "log"))
+        .map(|path| std::fs::metadata(path).unwrap().len())
+        .sum();
+    assert_eq!(state_log_bytes, 0, "the state database wrote a log of its own");
+
+    m.kill9();
+    m.start();
+    m.wait_healthy(Duration::from_secs(10));
+    assert_eq!(rt.block_on(every_key(m.endpoint())), before);
+    rt.block_on(async {
+        let mut c = client(&[m.endpoint()]).await;
+        let put = c.put("a", "4", None).await.unwrap();
+        assert_eq!(put.header().unwrap().revision(), before.0 + 1);
+        assert_eq!(c.get("a", None).await.unwrap().kvs()[0].version(), 4);
     });
 }

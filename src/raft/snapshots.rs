@@ -80,8 +80,8 @@ impl Snapshots {
     /// current one (unless a newer one was installed meanwhile).
     pub fn build(&self, store: &Store) -> anyhow::Result<(Meta, SnapshotData)> {
         // Once a snapshot exists, Raft may purge the log it covers: what the
-        // snapshot holds must not be lost to a crash of the (unsynced) state.
-        store.sync()?;
+        // snapshot holds must not be lost to a crash of the (unflushed) state.
+        store.flush()?;
         let temp = self.create_temp()?;
         let mut out = BufWriter::with_capacity(1 << 20, &temp.file);
         let mut failed = None;

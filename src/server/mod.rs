@@ -226,8 +226,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(2), async { while servers.join_next().await.is_some() {} }).await;
     node.consensus.shutdown().await;
     // The log is durable already; the state machine's memtables are written
-    // out too, so a restart has no write-ahead log to replay (with objects of
-    // 1-4 KiB that replay was most of a restart's time).
+    // out too, so a restart has no Raft log entries to apply again (with
+    // objects of 1-4 KiB that replay was most of a restart's time).
     if let Err(e) = node.store.flush() {
         tracing::warn!(error = %e, "flushing the state database");
     }

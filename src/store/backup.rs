@@ -116,7 +116,7 @@ impl Store {
         }
         batch.put_cf(meta, keys::META_INSTALLING, b"");
         self.write(batch)?;
-        self.sync()?;
+        self.flush()?;
         load_rows(rows, self, |cf, key| {
             !(cf == Cfs::META && [keys::META_IDENTITY, keys::META_RAFT_APPLIED].contains(&key))
         })
@@ -128,7 +128,7 @@ impl Store {
         batch.put_cf(meta, keys::META_RAFT_APPLIED, raft_state);
         batch.delete_cf(meta, keys::META_INSTALLING);
         self.write(batch)?;
-        self.sync()?;
+        self.flush()?;
         Ok(())
     }
 
@@ -276,7 +276,7 @@ pub fn restore_backup(path: &Path, db_dir: &Path) -> Result<(Store, BackupStatus
     if rows.format == 1 {
         store.rewrite_layout_1().map_err(|e| e.to_string())?;
     }
-    store.sync().map_err(|e| e.to_string())?;
+    store.flush().map_err(|e| e.to_string())?;
     store.load_revisions().map_err(|e| e.to_string())?;
     Ok((store, status))
 }
@@ -289,7 +289,7 @@ impl Store {
         let mut batch = WriteBatch::default();
         batch.put_cf(Cfs::handle(&self.db, Cfs::META), keys::META_RESTORED_MEMBERS, keys::encode(members));
         self.write(batch)?;
-        self.sync()
+        self.flush()
     }
 
     /// Set by `snapshot restore` until the new cluster is formed.
@@ -301,6 +301,6 @@ impl Store {
         let mut batch = WriteBatch::default();
         batch.delete_cf(Cfs::handle(&self.db, Cfs::META), keys::META_RESTORED_MEMBERS);
         self.write(batch)?;
-        self.sync()
+        self.flush()
     }
 }

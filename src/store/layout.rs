@@ -44,7 +44,7 @@ impl Store {
         }
         batch.put_cf(Cfs::handle(&self.db, Cfs::META), META_LAYOUT, LAYOUT.to_be_bytes());
         self.write(batch)?;
-        self.sync()
+        self.flush()
     }
 }
 

@@ -86,6 +86,9 @@ pub fn bounded_options(budget: &MemoryBudget) -> Options {
     // next start (0.5 s after 100,000 objects). Past twice the budget, the
     // families holding the oldest file are flushed instead.
     opts.set_max_total_wal_size(2 * budget.memtables.get_buffer_size() as u64);
+    // A table file goes to the disk a MiB at a time as it is written, not all
+    // at its closing fsync, which would hold up the Raft log's fsyncs behind it.
+    opts.set_bytes_per_sync(1 << 20);
     let mut tables = BlockBasedOptions::default();
     tables.set_block_cache(&budget.block_cache);
     // Partitioned indexes: a lookup brings a 4 KiB partition into the cache,
