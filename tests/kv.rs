@@ -5,7 +5,6 @@ mod common;
 
 use std::time::Duration;
 
-
 use common::{client, code_and_message, runtime, single_member};
 use etcd_client::{Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp};
 

@@ -1,8 +1,9 @@
 //! A member that takes no writes gives its memtables' memory back. RocksDB
 //! keeps a memtable until it fills (half the state database's share of
 //! `--memory-budget-bytes`), so after a burst of writes an idle member held
-//! about 18 of its 73 MiB in memtables of data already in the Raft log. Once the memtables have not changed for `IDLE_AFTER`, they are
-//! written out to table files and the heap gives the freed memory back.
+//! about 18 of its 73 MiB in memtables of data already in the Raft log.
+//! Once the memtables have not changed for `IDLE_AFTER`, they are written
+//! out to table files and the heap gives the freed memory back.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
