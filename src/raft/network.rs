@@ -10,12 +10,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use openraft::error::{
-    Fatal, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError,
+    Fatal, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError, Timeout,
     Unreachable,
 };
 use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
-use openraft::{OptionalSend, Snapshot, Vote};
+use openraft::{OptionalSend, RPCTypes, Snapshot, Vote};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
@@ -299,11 +299,12 @@ impl PeerConnection {
         reply.map_err(|e| RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), e)))
     }
 
-    /// An AppendEntries call on the stream to the member, opened if need
-    /// be. A call that fails or times out closes the stream: its answer,
-    /// if it comes, must not be taken for the next call's.
+    /// An AppendEntries call from leader `leader` on the stream to the
+    /// member, opened if need be. A call that fails or times out closes the
+    /// stream: its answer, if it comes, must not be taken for the next call's.
     async fn append_on_stream(
         &mut self,
+        leader: u64,
         request: Vec<u8>,
         option: &RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, PeerNode, RaftError<u64>>> {
@@ -314,7 +315,7 @@ impl PeerConnection {
                 Ok(opened) => self.stream = Some(opened),
                 // A member of an older cairn.
                 Err(refused) if refused.code() == tonic::Code::Unimplemented => self.unary_only = true,
-                Err(refused) => return self.raft_answer(self.peers.take_answer(self.target, &meters, Err(refused))),
+                Err(refused) => return self.stream_answer(leader, option, &meters, Err(refused)),
             }
         }
         let Some(stream) = &mut self.stream else {
@@ -325,7 +326,30 @@ impl PeerConnection {
         if reply.is_err() {
             self.stream = None;
         }
-        self.raft_answer(self.peers.take_answer(self.target, &meters, reply))
+        self.stream_answer(leader, option, &meters, reply)
+    }
+
+    /// A member that answers late (a slow fsync) is a timeout to openraft,
+    /// which tries again with the next entries or heartbeat; an unreachable
+    /// member gets nothing for a back-off period, and while it waits, a
+    /// cluster whose other follower is down commits nothing.
+    fn stream_answer(
+        &self,
+        leader: u64,
+        option: &RPCOption,
+        meters: &PeerMeters,
+        reply: Result<Payload, tonic::Status>,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, PeerNode, RaftError<u64>>> {
+        let late = matches!(&reply, Err(status) if status.code() == tonic::Code::DeadlineExceeded);
+        match self.raft_answer(self.peers.take_answer(self.target, meters, reply)) {
+            Err(RPCError::Unreachable(_)) if late => Err(RPCError::Timeout(Timeout {
+                action: RPCTypes::AppendEntries,
+                id: leader,
+                target: self.target,
+                timeout: option.hard_ttl(),
+            })),
+            answer => answer,
+        }
     }
 }
 
@@ -423,16 +447,19 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             let hint = (entries * MAX_APPEND_BYTES / request.len()).max(1) as u64;
             return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(hint)));
         }
+        let leader = rpc.vote.leader_id().voted_for().unwrap_or_default();
         if entries > 0 {
-            return self.append_on_stream(request, &option).await;
+            return self.append_on_stream(leader, request, &option).await;
         }
         // A heartbeat: no entries, so no fsync on the follower; its time is
         // the round trip etcd's prober measures.
         let sent = Instant::now();
-        let answer = self.append_on_stream(request, &option).await;
+        let answer = self.append_on_stream(leader, request, &option).await;
         match &answer {
             Ok(_) => METRICS.peer(self.target).round_trip_seconds().observe(sent.elapsed().as_secs_f64()),
-            Err(RPCError::Unreachable(_) | RPCError::Network(_)) => METRICS.heartbeat_send_failures.inc(),
+            Err(RPCError::Unreachable(_) | RPCError::Network(_) | RPCError::Timeout(_)) => {
+                METRICS.heartbeat_send_failures.inc()
+            }
             Err(_) => {}
         }
         answer
@@ -557,10 +584,14 @@ mod tests {
     /// A leader's connection to `member`, served on a loopback port.
     async fn connect(member: Member) -> PeerConnection {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let node = PeerNode { name: "m2".into(), peer_urls: vec![url] };
+        let address = listener.local_addr().unwrap();
         let server = tonic::transport::Server::builder().add_service(PeerServer::new(member));
         tokio::spawn(server.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)));
+        connect_to(address).await
+    }
+
+    async fn connect_to(address: std::net::SocketAddr) -> PeerConnection {
+        let node = PeerNode { name: "m2".into(), peer_urls: vec![format!("http://{address}")] };
         let peers = Peers::new(Credentials::anonymous(), Dialer::default());
         let mut factory = RaftPeers { peers, durability: Durability::new(None), retry: Duration::from_millis(10) };
         factory.new_client(2, &node).await
@@ -585,11 +616,21 @@ mod tests {
         assert_eq!(member.streams.load(Ordering::SeqCst), 1);
 
         let late = send(&mut connection, 99).await;
-        assert!(matches!(late, Err(RPCError::Unreachable(_))), "answered after the deadline");
+        assert!(matches!(late, Err(RPCError::Timeout(_))), "answered after the deadline: {late:?}");
         // The late answer (HigherVote) would be this call's on the same stream.
         assert_eq!(send(&mut connection, 2).await.unwrap(), Success);
         assert_eq!(member.streams.load(Ordering::SeqCst), 2, "a new stream after the timeout");
         assert_eq!(member.unary_calls.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_member_nothing_listens_for_is_unreachable() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        drop(listener);
+        let mut connection = connect_to(address).await;
+        let refused = send(&mut connection, 2).await;
+        assert!(matches!(refused, Err(RPCError::Unreachable(_))), "{refused:?}");
     }
 
     #[tokio::test]
