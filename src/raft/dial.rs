@@ -91,13 +91,13 @@ async fn connect(uri: &Uri) -> io::Result<TcpStream> {
 
 async fn secure(uri: &Uri, tcp: TcpStream, tls: Option<&DialTls>) -> io::Result<Transport> {
     if uri.scheme_str() != Some("https") {
-        return Ok(Transport::Plain(tcp));
+        return Ok(Transport::plain(tcp));
     }
     let tls = tls.ok_or_else(|| io::Error::other("an https peer URL, but this member has no peer TLS configured"))?;
     let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
     let name = ServerName::try_from(host.to_string()).map_err(|e| io::Error::other(format!("{host}: {e}")))?;
     let stream = TlsConnector::from(tls.get()).connect(name, tcp).await?;
-    Ok(Transport::Tls(Box::new(stream.into())))
+    Ok(Transport::tls(stream.into()))
 }
 
 async fn dial(uri: Uri, tls: Option<Arc<DialTls>>) -> Result<TokioIo<Transport>, DialError> {

@@ -31,10 +31,7 @@ impl Connected for Transport {
     type ConnectInfo = ConnInfo;
 
     fn connect_info(&self) -> ConnInfo {
-        let peer_certificates = match self {
-            Transport::Plain(_) => None,
-            Transport::Tls(s) => s.get_ref().1.peer_certificates().map(|c| Arc::new(c.to_vec())),
-        };
+        let peer_certificates = self.peer_certificates().map(|c| Arc::new(c.to_vec()));
         ConnInfo { remote_addr: self.tcp().peer_addr().ok(), peer_certificates }
     }
 }
@@ -68,7 +65,7 @@ async fn accept_loop(listener: TcpListener, tls: Option<Arc<ServerTls>>, tx: mps
         // Small gRPC frames must not wait for delayed ACKs.
         let _ = tcp.set_nodelay(true);
         let Some(tls) = &tls else {
-            if tx.send(Ok(Transport::Plain(tcp))).await.is_err() {
+            if tx.send(Ok(Transport::plain(tcp))).await.is_err() {
                 return;
             }
             continue;
@@ -77,7 +74,7 @@ async fn accept_loop(listener: TcpListener, tls: Option<Arc<ServerTls>>, tx: mps
         tokio::spawn(async move {
             let (server_name, error) = match tokio::time::timeout(HANDSHAKE_DEADLINE, handshake(tcp, &tls)).await {
                 Ok(Ok(stream)) => {
-                    let _ = tx.send(Ok(Transport::Tls(Box::new(stream.into())))).await;
+                    let _ = tx.send(Ok(Transport::tls(stream.into()))).await;
                     return;
                 }
                 Ok(Err(refusal)) => refusal,
