@@ -69,7 +69,7 @@ impl Transport {
     /// Sends everything gathered.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.sent < self.unsent.len() {
-            let n = ready!(self.link.writer().poll_write(cx, &self.unsent[self.sent..]))?;
+            let n = ready!(self.link.io().poll_write(cx, &self.unsent[self.sent..]))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -102,8 +102,13 @@ impl Transport {
     }
 }
 
+/// Either kind of link, read and written alike.
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
 impl Link {
-    fn writer(&mut self) -> Pin<&mut (dyn AsyncWrite + Send + Unpin)> {
+    fn io(&mut self) -> Pin<&mut dyn Io> {
         match self {
             Link::Plain(s) => Pin::new(s),
             Link::Tls(s) => Pin::new(s.as_mut()),
@@ -113,10 +118,7 @@ impl Link {
 
 impl AsyncRead for Transport {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().link {
-            Link::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Link::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
+        self.get_mut().link.io().poll_read(cx, buf)
     }
 }
 
@@ -143,13 +145,13 @@ impl AsyncWrite for Transport {
             return Poll::Pending;
         }
         ready!(this.poll_send(cx))?;
-        this.link.writer().poll_flush(cx)
+        this.link.io().poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         ready!(this.poll_send(cx))?;
-        this.link.writer().poll_shutdown(cx)
+        this.link.io().poll_shutdown(cx)
     }
 }
 
