@@ -66,18 +66,25 @@ enum Attempt<T> {
     Retry,
 }
 
-/// The leader's answer to a lease query. A renewal first confirms with a
-/// quorum round that this member still leads: a leader cut off from its
+/// The leader's answer to a lease query. A renewal needs a quorum round that
+/// confirmed this member's leadership and began less than half an election
+/// timeout (`patience`) ago, or a new round: a leader cut off from its
 /// majority must not keep alive a lease the majority will expire and whose
-/// lock it will hand to someone else (etcd gets this from CheckQuorum). A
-/// round that finds no quorum within `patience` fails the renewal.
+/// lock it will hand to someone else (etcd gets this from CheckQuorum). Any
+/// later leader was elected after the quorum acknowledged that round, and it
+/// gives every lease a whole election timeout more than its TTL
+/// (Lessor::promote): the TTL a renewal promises now ends before the new
+/// leader could expire the lease. So renewals share one round per window
+/// instead of one per round trip, which spares the followers a heartbeat per
+/// batch of keepalives. A round that finds no quorum within `patience` fails
+/// the renewal.
 pub(super) async fn answer_lease_query(
     lessor: &Lessor,
     leader_reads: &ReadIndexRounds,
     patience: Duration,
     query: LeaseQuery,
 ) -> Result<LeaseStatus, KvError> {
-    if let LeaseQuery::Renew(_) = query {
+    if matches!(query, LeaseQuery::Renew(_)) && !leader_reads.confirmed_within(patience / 2) {
         match tokio::time::timeout(patience, leader_reads.read_index()).await {
             Ok(Ok(_)) => {}
             // Another member leads now: the caller asks it.

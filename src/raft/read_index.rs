@@ -2,11 +2,13 @@
 //! instead of each paying for its own. A read joins the next round that starts
 //! after it arrived, never one already under way, so the index it gets is at
 //! least the commit index at its arrival: that is what makes it linearizable.
+//! The rounds also remember when the latest successful one began: on the
+//! leader, a quorum acknowledged its leadership after that instant.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -25,6 +27,9 @@ pub struct ReadIndexRounds {
     waiting: mpsc::UnboundedSender<oneshot::Sender<ReadIndex>>,
     /// Readers in `waiting`, not yet in a round.
     queued: Arc<AtomicUsize>,
+    /// When the latest successful round began: microseconds after `epoch`, plus one (0: none yet).
+    confirmed: Arc<AtomicU64>,
+    epoch: Instant,
 }
 
 impl ReadIndexRounds {
@@ -38,6 +43,8 @@ impl ReadIndexRounds {
         let (waiting, mut arrivals) = mpsc::unbounded_channel::<oneshot::Sender<ReadIndex>>();
         let queued = Arc::new(AtomicUsize::new(0));
         let taken = queued.clone();
+        let (confirmed, epoch) = (Arc::new(AtomicU64::new(0)), Instant::now());
+        let confirm = confirmed.clone();
         tokio::spawn(async move {
             while let Some(first) = arrivals.recv().await {
                 let mut round = vec![first];
@@ -48,13 +55,17 @@ impl ReadIndexRounds {
                 if round.is_empty() {
                     continue;
                 }
+                let began = micros_since(epoch) + 1;
                 let index = fetch().await;
+                if index.is_ok() {
+                    confirm.fetch_max(began, Ordering::AcqRel);
+                }
                 for reader in round {
                     let _ = reader.send(index.clone());
                 }
             }
         });
-        ReadIndexRounds { waiting, queued }
+        ReadIndexRounds { waiting, queued, confirmed, epoch }
     }
 
     /// Rounds answered by this member as leader: one quorum check each.
@@ -93,6 +104,16 @@ impl ReadIndexRounds {
         self.waiting.send(reply).map_err(|_| PeerRefusal::Stopped)?;
         answer.await.map_err(|_| PeerRefusal::Stopped)?
     }
+
+    /// Whether a round that succeeded began less than `window` ago.
+    pub fn confirmed_within(&self, window: Duration) -> bool {
+        let began = self.confirmed.load(Ordering::Acquire);
+        began != 0 && micros_since(self.epoch) + 1 < began + window.as_micros() as u64
+    }
+}
+
+fn micros_since(epoch: Instant) -> u64 {
+    epoch.elapsed().as_micros() as u64
 }
 
 #[cfg(test)]
@@ -134,6 +155,30 @@ mod tests {
             assert_eq!(r.await.unwrap().unwrap(), 1);
         }
         assert_eq!(started.load(Ordering::SeqCst), 2, "the late readers shared one round");
+    }
+
+    #[tokio::test]
+    async fn a_successful_round_confirms_for_a_window_from_its_start() {
+        const ROUND: Duration = Duration::from_millis(100);
+        let quorum = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let rounds = {
+            let quorum = quorum.clone();
+            ReadIndexRounds::start(move || {
+                let found = quorum.load(Ordering::SeqCst);
+                async move {
+                    tokio::time::sleep(ROUND).await;
+                    if found { Ok(1) } else { Err(PeerRefusal::NoQuorum) }
+                }
+            })
+        };
+        assert!(!rounds.confirmed_within(Duration::from_secs(10)), "no round yet");
+        rounds.read_index().await.unwrap();
+        assert!(rounds.confirmed_within(Duration::from_secs(10)));
+        assert!(!rounds.confirmed_within(ROUND - Duration::from_millis(10)), "the window counts from the round's start");
+        quorum.store(false, Ordering::SeqCst);
+        assert!(rounds.read_index().await.is_err());
+        assert!(!rounds.confirmed_within(ROUND + ROUND / 2), "a failed round confirms nothing");
+        assert!(rounds.confirmed_within(Duration::from_secs(10)), "the last success still counts");
     }
 
     #[tokio::test]
