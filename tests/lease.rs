@@ -194,6 +194,40 @@ fn remaining_ttls_survive_a_restart_of_every_member() {
     });
 }
 
+/// A renewal outruns the last checkpoint (about 54 s left of 60): its answer
+/// must wait until the reset is committed, or every member killed right after
+/// it would resume the lease from the checkpoint while its client trusts 60 s.
+#[test]
+fn a_renewal_is_committed_over_the_checkpoint_before_it_is_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut members = three_member_cluster_with(dir.path(), &["--experimental-lease-checkpoint-interval", "500ms"]);
+    let rt = runtime();
+    let eps: Vec<String> = members.iter().map(Member::endpoint).collect();
+    let id = rt.block_on(async {
+        let mut c = client(&eps).await;
+        let id = c.lease_grant(60, None).await.unwrap().id();
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let (mut keeper, mut answers) = c.lease_keep_alive(id).await.unwrap();
+        keeper.keep_alive().await.unwrap();
+        while answers.message().await.unwrap().expect("an answer").ttl() != 60 {}
+        id
+    });
+    // Before the leader's next tick could write any checkpoint.
+    for m in members.iter_mut() {
+        m.kill9();
+    }
+    for m in members.iter_mut() {
+        m.start();
+    }
+    for m in &members {
+        m.wait_healthy(Duration::from_secs(20));
+    }
+    rt.block_on(async {
+        let ttl = client(&eps).await.lease_time_to_live(id, None).await.unwrap().ttl();
+        assert!(ttl >= 57, "remaining TTL after the renewal and a restart: {ttl}");
+    });
+}
+
 #[test]
 fn lock_is_never_held_twice_even_when_a_holder_dies() {
     let (_dir, m) = single_member(&[]);

@@ -31,16 +31,16 @@ struct State {
     primary: bool,
     /// Expired leases whose revoke is under way, and since when.
     revoking: HashMap<i64, Instant>,
-    /// Renewed leases whose last checkpoint says less than their full TTL:
-    /// the checkpoint must be reset, or a new leader would resume from it.
-    stale_checkpoints: HashSet<i64>,
 }
 
 pub struct Lessor {
     state: Mutex<State>,
 }
 
-/// A lease as TimeToLive reports it.
+/// A lease as TimeToLive reports it. A renewal's answer gives as `remaining`
+/// what the last checkpoint says is left (the TTL when there is none): less
+/// than the TTL, that checkpoint must be reset before the renewal is answered,
+/// or a new leader would resume the lease from it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseStatus {
     pub ttl: i64,
@@ -134,24 +134,20 @@ impl Lessor {
     /// Answers a query on the leader; `NoLeader` elsewhere.
     pub fn answer(&self, query: LeaseQuery) -> Result<LeaseStatus, KvError> {
         match query {
-            LeaseQuery::Renew(id) => self.renew(id).map(|ttl| LeaseStatus { ttl, remaining: ttl }),
+            LeaseQuery::Renew(id) => self.renew(id),
             LeaseQuery::Status(id) => self.status(id),
         }
     }
 
-    /// A keepalive (leader only): the lease lives another TTL; returns the TTL.
-    fn renew(&self, id: i64) -> Result<i64, KvError> {
+    /// A keepalive (leader only): the lease lives another TTL.
+    fn renew(&self, id: i64) -> Result<LeaseStatus, KvError> {
         let mut state = self.state();
         if !state.primary {
             return Err(KvError::NoLeader);
         }
         let lease = state.leases.get_mut(&id).ok_or(KvError::LeaseNotFound)?;
         lease.expiry = Some(Instant::now() + Duration::from_secs(lease.ttl as u64));
-        let (ttl, stale) = (lease.ttl, lease.checkpointed.is_some_and(|left| left < lease.ttl));
-        if stale {
-            state.stale_checkpoints.insert(id);
-        }
-        Ok(ttl)
+        Ok(LeaseStatus { ttl: lease.ttl, remaining: lease.checkpointed.unwrap_or(lease.ttl) })
     }
 
     /// TTL and seconds left (leader only).
@@ -185,13 +181,6 @@ impl Lessor {
             revoking.insert(*id, now);
         }
         due.into_iter().collect()
-    }
-
-    /// Checkpoints that renewals made stale: (id, full TTL) for each.
-    pub fn take_stale_checkpoints(&self) -> Vec<(i64, i64)> {
-        let mut state = self.state();
-        let stale = std::mem::take(&mut state.stale_checkpoints);
-        stale.into_iter().filter_map(|id| Some((id, state.leases.get(&id)?.ttl))).collect()
     }
 
     /// Seconds each lease has left, for a checkpoint (leader only).
@@ -228,8 +217,10 @@ mod tests {
         assert_eq!(lessor.status(1), Err(KvError::LeaseNotFound));
         assert!(lessor.status(2).is_ok());
         lessor.checkpointed(&[(2, 4)]);
-        assert_eq!(lessor.answer(LeaseQuery::Renew(2)).unwrap().ttl, 10);
-        assert_eq!(lessor.take_stale_checkpoints(), vec![(2, 10)], "a renewal resets the checkpoint");
+        let outran = LeaseStatus { ttl: 10, remaining: 4 };
+        assert_eq!(lessor.answer(LeaseQuery::Renew(2)), Ok(outran), "a renewal names the checkpoint it outran");
+        lessor.checkpointed(&[(2, 10)]);
+        assert_eq!(lessor.answer(LeaseQuery::Renew(2)), Ok(LeaseStatus { ttl: 10, remaining: 10 }));
 
         let fresh = Lessor::new(vec![(3, 5, Some(0))]);
         fresh.promote(Duration::from_secs(1));

@@ -49,16 +49,13 @@ pub async fn keep_leases(node: Arc<Node>, checkpoint_interval: Duration) {
                 }
             });
         }
-        // Renewed leases get their checkpoint reset now; every lease gets
-        // one each interval (which covers the renewed ones too).
-        let reset = lessor.take_stale_checkpoints();
-        let checkpoints = if last_checkpoint.elapsed() >= checkpoint_interval {
-            last_checkpoint = Instant::now();
-            lessor.remaining_ttls()
-        } else {
-            reset
-        };
-        for chunk in checkpoints.chunks(CHECKPOINT_BATCH) {
+        // Every lease's remaining TTL each interval; a renewal resets its own
+        // lease's checkpoint before it is answered (api/grpc/lease.rs).
+        if last_checkpoint.elapsed() < checkpoint_interval {
+            continue;
+        }
+        last_checkpoint = Instant::now();
+        for chunk in lessor.remaining_ttls().chunks(CHECKPOINT_BATCH) {
             if let Err(e) = node.write(Command::LeaseCheckpoint(chunk.to_vec())).await {
                 tracing::debug!(error = %e, "checkpointing lease TTLs");
             }
