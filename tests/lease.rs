@@ -15,8 +15,9 @@ use common::{
 };
 use etcd_client::proto::{PbLeaseKeepAliveRequest, PbLeaseKeepAliveResponse};
 use etcd_client::{
-    EventType, GetOptions, LeaseGrantOptions, LeaseTimeToLiveOptions, LockOptions, PutOptions, WatchOptions,
+    Client, EventType, GetOptions, LeaseGrantOptions, LeaseTimeToLiveOptions, LockOptions, PutOptions, WatchOptions,
 };
+use tokio::runtime::Runtime;
 
 
 
@@ -161,28 +162,40 @@ fn kept_alive_lease_survives_leader_kill9() {
     });
 }
 
-#[test]
-fn remaining_ttls_survive_a_restart_of_every_member() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut members = three_member_cluster_with(dir.path(), &["--experimental-lease-checkpoint-interval", "500ms"]);
-    let rt = runtime();
+/// Three members that checkpoint remaining TTLs every 500 ms, their
+/// endpoints, and a client with a lease of 60 s granted 6 s ago.
+fn a_lease_checkpointed_for_6s(dir: &std::path::Path, rt: &Runtime) -> (Vec<Member>, Vec<String>, Client, i64) {
+    let members = three_member_cluster_with(dir, &["--experimental-lease-checkpoint-interval", "500ms"]);
     let eps: Vec<String> = members.iter().map(Member::endpoint).collect();
-    let id = rt.block_on(async {
+    let (c, id) = rt.block_on(async {
         let mut c = client(&eps).await;
         let id = c.lease_grant(60, None).await.unwrap().id();
-        c.put("kept", "x", Some(PutOptions::new().with_lease(id))).await.unwrap();
-        id
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        (c, id)
     });
-    std::thread::sleep(Duration::from_secs(6));
+    (members, eps, c, id)
+}
+
+/// All members at once, as a power cut: what they resume from is what was on disk.
+fn kill9_and_restart_all(members: &mut [Member]) {
     for m in members.iter_mut() {
         m.kill9();
     }
     for m in members.iter_mut() {
         m.start();
     }
-    for m in &members {
+    for m in members.iter() {
         m.wait_healthy(Duration::from_secs(20));
     }
+}
+
+#[test]
+fn remaining_ttls_survive_a_restart_of_every_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let (mut members, eps, mut c, id) = a_lease_checkpointed_for_6s(dir.path(), &rt);
+    rt.block_on(c.put("kept", "x", Some(PutOptions::new().with_lease(id)))).unwrap();
+    kill9_and_restart_all(&mut members);
     rt.block_on(async {
         let mut c = client(&eps).await;
         let ttl = c.lease_time_to_live(id, None).await.unwrap();
@@ -200,28 +213,15 @@ fn remaining_ttls_survive_a_restart_of_every_member() {
 #[test]
 fn a_renewal_is_committed_over_the_checkpoint_before_it_is_answered() {
     let dir = tempfile::tempdir().unwrap();
-    let mut members = three_member_cluster_with(dir.path(), &["--experimental-lease-checkpoint-interval", "500ms"]);
     let rt = runtime();
-    let eps: Vec<String> = members.iter().map(Member::endpoint).collect();
-    let id = rt.block_on(async {
-        let mut c = client(&eps).await;
-        let id = c.lease_grant(60, None).await.unwrap().id();
-        tokio::time::sleep(Duration::from_secs(6)).await;
+    let (mut members, eps, mut c, id) = a_lease_checkpointed_for_6s(dir.path(), &rt);
+    rt.block_on(async {
         let (mut keeper, mut answers) = c.lease_keep_alive(id).await.unwrap();
         keeper.keep_alive().await.unwrap();
         while answers.message().await.unwrap().expect("an answer").ttl() != 60 {}
-        id
     });
-    // Before the leader's next tick could write any checkpoint.
-    for m in members.iter_mut() {
-        m.kill9();
-    }
-    for m in members.iter_mut() {
-        m.start();
-    }
-    for m in &members {
-        m.wait_healthy(Duration::from_secs(20));
-    }
+    // At once, before a periodic checkpoint (every 500 ms) could record the renewal.
+    kill9_and_restart_all(&mut members);
     rt.block_on(async {
         let ttl = client(&eps).await.lease_time_to_live(id, None).await.unwrap().ttl();
         assert!(ttl >= 57, "remaining TTL after the renewal and a restart: {ttl}");
