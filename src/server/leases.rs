@@ -50,7 +50,7 @@ pub async fn keep_leases(node: Arc<Node>, checkpoint_interval: Duration) {
             });
         }
         // Every lease's remaining TTL each interval; a renewal resets its own
-        // lease's checkpoint before it is answered (api/grpc/lease.rs).
+        // lease's checkpoint before it is answered (Node::renew_lease).
         if last_checkpoint.elapsed() < checkpoint_interval {
             continue;
         }

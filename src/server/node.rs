@@ -14,7 +14,7 @@ use crate::store::types::{Command, CommandResult, KvError, OpResult, RangeArgs, 
 use crate::store::maintenance::ALARM_NOSPACE;
 use crate::store::memory::MemberBudget;
 use crate::store::Store;
-use crate::lease::Lessor;
+use crate::lease::{LeaseQuery, Lessor};
 use crate::watch::Hub;
 
 pub struct Limits {
@@ -166,6 +166,18 @@ impl Node {
             Some(user) => self.write(Command::Authorized { user: user.clone(), command: Box::new(command) }).await,
             None => self.write(command).await,
         }
+    }
+
+    /// A keepalive: lease `id` lives another TTL; returns the TTL. When the
+    /// last checkpoint says less than that, a new leader or a restart would
+    /// resume the lease from it: as in etcd, the renewal is answered once a
+    /// checkpoint of the full TTL is committed.
+    pub async fn renew_lease(&self, id: i64) -> Result<i64, KvError> {
+        let renewed = self.consensus.lease_query(LeaseQuery::Renew(id)).await?;
+        if renewed.remaining < renewed.ttl {
+            self.write(Command::LeaseCheckpoint(vec![(id, renewed.ttl)])).await?;
+        }
+        Ok(renewed.ttl)
     }
 
     /// Every lease's id, read linearizably.

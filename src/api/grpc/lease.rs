@@ -86,15 +86,8 @@ impl PbLeaseService for LeaseService {
                 let id = request?.id;
                 // Keeping a lease alive keeps its keys: etcd asks for write permission on them.
                 node.check_lease_keys(&caller, id, Access::Write).await.map_err(status)?;
-                let ttl = match node.consensus.lease_query(LeaseQuery::Renew(id)).await {
-                    // The last checkpoint says less than the TTL this renewal
-                    // promises, and a new leader would resume from it: as in
-                    // etcd, the renewal is answered once its reset is committed.
-                    Ok(renewed) if renewed.remaining < renewed.ttl => {
-                        node.write(Command::LeaseCheckpoint(vec![(id, renewed.ttl)])).await.map_err(status)?;
-                        renewed.ttl
-                    }
-                    Ok(renewed) => renewed.ttl,
+                let ttl = match node.renew_lease(id).await {
+                    Ok(ttl) => ttl,
                     // etcd answers a keepalive for a lease that is gone with TTL 0.
                     Err(KvError::LeaseNotFound) => 0,
                     Err(e) => return Err(status(e)),
