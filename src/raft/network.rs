@@ -43,15 +43,26 @@ pub struct Peers {
     /// The term of this member's campaign on a leader's request (transfer):
     /// its vote requests in that term say so.
     transfer_campaign_term: Arc<AtomicU64>,
+    /// AppendEntries streams no connection is using, by member, with the
+    /// node they were opened to: openraft 0.9 makes a connection for every
+    /// leadership check (a round of linearizable reads or lease renewals),
+    /// and a new stream costs a round trip and a task on the member before
+    /// its first call.
+    idle_streams: Arc<Mutex<HashMap<u64, Vec<(PeerNode, AppendStream)>>>>,
     credentials: Credentials,
     dialer: Dialer,
 }
+
+/// Idle streams kept per member: one for the leadership checks, spares for
+/// the rare check that overlaps another.
+const IDLE_STREAMS_PER_MEMBER: usize = 4;
 
 impl Peers {
     pub fn new(credentials: Credentials, dialer: Dialer) -> Peers {
         Peers {
             channels: Default::default(),
             active_since: Default::default(),
+            idle_streams: Default::default(),
             removed: Arc::new(tokio::sync::watch::channel(false).0),
             transfer_campaign_term: Default::default(),
             credentials,
@@ -202,7 +213,30 @@ impl Peers {
         let (calls, queued) = tokio::sync::mpsc::channel(1);
         let queued = tokio_stream::wrappers::ReceiverStream::new(queued);
         let answers = client.append_entries_stream(queued).await?.into_inner();
-        Ok(AppendStream { calls, answers })
+        Ok(AppendStream { calls, answers, unanswered: false })
+    }
+
+    /// An idle stream to member `id` at `node`, if one is still open.
+    fn take_idle_stream(&self, id: u64, node: &PeerNode) -> Option<AppendStream> {
+        let mut idle = self.idle_streams.lock().expect("idle stream map poisoned");
+        let streams = idle.get_mut(&id)?;
+        while let Some((opened_to, stream)) = streams.pop() {
+            if opened_to == *node && stream.usable() {
+                return Some(stream);
+            }
+        }
+        None
+    }
+
+    fn keep_idle_stream(&self, id: u64, node: &PeerNode, stream: AppendStream) {
+        if !stream.usable() {
+            return;
+        }
+        let mut idle = self.idle_streams.lock().expect("idle stream map poisoned");
+        let streams = idle.entry(id).or_default();
+        if streams.len() < IDLE_STREAMS_PER_MEMBER {
+            streams.push((node.clone(), stream));
+        }
     }
 }
 
@@ -211,13 +245,25 @@ impl Peers {
 struct AppendStream {
     calls: tokio::sync::mpsc::Sender<Payload>,
     answers: tonic::Streaming<Payload>,
+    /// A call went out whose answer was not read: its caller gave up on it
+    /// (openraft drops a call at the same deadline as ours, and may be
+    /// first). That answer would be taken for the next call's, so the
+    /// stream is not used again.
+    unanswered: bool,
 }
 
 impl AppendStream {
     async fn exchange(&mut self, request: Vec<u8>) -> Result<Payload, tonic::Status> {
         let closed = || tonic::Status::unavailable("the member closed the AppendEntries stream");
+        self.unanswered = true;
         self.calls.send(Payload { data: request }).await.map_err(|_| closed())?;
-        self.answers.message().await?.ok_or_else(closed)
+        let answer = self.answers.message().await?.ok_or_else(closed)?;
+        self.unanswered = false;
+        Ok(answer)
+    }
+
+    fn usable(&self) -> bool {
+        !self.unanswered && !self.calls.is_closed()
     }
 }
 
@@ -265,6 +311,14 @@ pub struct PeerConnection {
     unary_only: bool,
 }
 
+impl Drop for PeerConnection {
+    fn drop(&mut self) {
+        if let Some(stream) = self.stream.take() {
+            self.peers.keep_idle_stream(self.target, &self.node, stream);
+        }
+    }
+}
+
 /// openraft 0.9 gives an AppendEntries call one heartbeat interval, the
 /// follower's fsync included; a call larger than this is split.
 const MAX_APPEND_BYTES: usize = 1024 * 1024;
@@ -300,8 +354,9 @@ impl PeerConnection {
     }
 
     /// An AppendEntries call from leader `leader` on the stream to the
-    /// member, opened if need be. A call that fails or times out closes the
-    /// stream: its answer, if it comes, must not be taken for the next call's.
+    /// member: this connection's, an idle one, or a new one. A call that
+    /// fails or times out leaves its stream unusable: its answer, if it
+    /// comes, must not be taken for the next call's.
     async fn append_on_stream(
         &mut self,
         leader: u64,
@@ -310,12 +365,18 @@ impl PeerConnection {
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, PeerNode, RaftError<u64>>> {
         let deadline = tokio::time::Instant::now() + option.hard_ttl();
         let meters = METRICS.peer(self.target);
+        if self.stream.as_ref().is_some_and(|s| !s.usable()) {
+            self.stream = None;
+        }
         if self.stream.is_none() && !self.unary_only {
-            match by(deadline, self.peers.open_append_stream(self.target, &self.node)).await {
-                Ok(opened) => self.stream = Some(opened),
-                // A member of an older cairn.
-                Err(refused) if refused.code() == tonic::Code::Unimplemented => self.unary_only = true,
-                Err(refused) => return self.stream_answer(leader, option, &meters, Err(refused)),
+            match self.peers.take_idle_stream(self.target, &self.node) {
+                Some(idle) => self.stream = Some(idle),
+                None => match by(deadline, self.peers.open_append_stream(self.target, &self.node)).await {
+                    Ok(opened) => self.stream = Some(opened),
+                    // A member of an older cairn.
+                    Err(refused) if refused.code() == tonic::Code::Unimplemented => self.unary_only = true,
+                    Err(refused) => return self.stream_answer(leader, option, &meters, Err(refused)),
+                },
             }
         }
         let Some(stream) = &mut self.stream else {
@@ -323,9 +384,6 @@ impl PeerConnection {
         };
         meters.sent_bytes().inc_by(request.len() as u64);
         let reply = by(deadline, stream.exchange(request)).await;
-        if reply.is_err() {
-            self.stream = None;
-        }
         self.stream_answer(leader, option, &meters, reply)
     }
 
@@ -581,19 +639,28 @@ mod tests {
         }
     }
 
-    /// A leader's connection to `member`, served on a loopback port.
-    async fn connect(member: Member) -> PeerConnection {
+    /// Serves `member` on a loopback port.
+    async fn serve(member: Member) -> std::net::SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let server = tonic::transport::Server::builder().add_service(PeerServer::new(member));
         tokio::spawn(server.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)));
-        connect_to(address).await
+        address
+    }
+
+    /// A leader's connections to member 2 at `address`.
+    fn factory(address: std::net::SocketAddr) -> (RaftPeers, PeerNode) {
+        let node = PeerNode { name: "m2".into(), peer_urls: vec![format!("http://{address}")] };
+        let peers = Peers::new(Credentials::anonymous(), Dialer::default());
+        (RaftPeers { peers, durability: Durability::new(None), retry: Duration::from_millis(10) }, node)
+    }
+
+    async fn connect(member: Member) -> PeerConnection {
+        connect_to(serve(member).await).await
     }
 
     async fn connect_to(address: std::net::SocketAddr) -> PeerConnection {
-        let node = PeerNode { name: "m2".into(), peer_urls: vec![format!("http://{address}")] };
-        let peers = Peers::new(Credentials::anonymous(), Dialer::default());
-        let mut factory = RaftPeers { peers, durability: Durability::new(None), retry: Duration::from_millis(10) };
+        let (mut factory, node) = factory(address);
         factory.new_client(2, &node).await
     }
 
@@ -621,6 +688,37 @@ mod tests {
         assert_eq!(send(&mut connection, 2).await.unwrap(), Success);
         assert_eq!(member.streams.load(Ordering::SeqCst), 2, "a new stream after the timeout");
         assert_eq!(member.unary_calls.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_call_its_caller_dropped_leaves_no_answer_for_the_next() {
+        let member = Member { knows_streams: true, ..Member::default() };
+        let mut connection = connect(member.clone()).await;
+        assert_eq!(send(&mut connection, 2).await.unwrap(), Success);
+        // openraft drops a call at its own deadline, which may pass first.
+        let dropped = tokio::time::timeout(Duration::from_millis(50), send(&mut connection, 99)).await;
+        assert!(dropped.is_err(), "answered before the caller gave up: {dropped:?}");
+        assert_eq!(send(&mut connection, 2).await.unwrap(), Success, "the dropped call's late answer was taken");
+        assert_eq!(member.streams.load(Ordering::SeqCst), 2, "a new stream after the dropped call");
+    }
+
+    #[tokio::test]
+    async fn connections_one_after_another_share_an_idle_stream_but_not_one_a_dropped_call_left() {
+        let member = Member { knows_streams: true, ..Member::default() };
+        let (mut factory, node) = factory(serve(member.clone()).await);
+        for _ in 0..3 {
+            let mut connection = factory.new_client(2, &node).await;
+            assert_eq!(send(&mut connection, 2).await.unwrap(), Success);
+        }
+        assert_eq!(member.streams.load(Ordering::SeqCst), 1, "one stream for three connections in turn");
+
+        let mut connection = factory.new_client(2, &node).await;
+        let dropped = tokio::time::timeout(Duration::from_millis(50), send(&mut connection, 99)).await;
+        assert!(dropped.is_err(), "answered before the caller gave up: {dropped:?}");
+        drop(connection);
+        let mut connection = factory.new_client(2, &node).await;
+        assert_eq!(send(&mut connection, 2).await.unwrap(), Success, "the dropped call's late answer was taken");
+        assert_eq!(member.streams.load(Ordering::SeqCst), 2, "the stream with a call unanswered was not kept");
     }
 
     #[tokio::test]
