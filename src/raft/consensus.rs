@@ -302,6 +302,12 @@ impl Consensus {
         self.raft.metrics().borrow().current_term
     }
 
+    /// The index of the last entry this member's state machine applied, as
+    /// openraft last reported it (0 before any).
+    fn applied_index(&self) -> u64 {
+        self.raft.metrics().borrow().last_applied.map_or(0, |applied| applied.index)
+    }
+
     /// The members of the current configuration, as the Cluster API shows them.
     pub async fn cluster(&self) -> Result<ClusterInfo, KvError> {
         self.members.view().await
@@ -406,7 +412,9 @@ impl Consensus {
             return tokio::time::timeout(remaining, run_here()).await.map_err(|_| Attempt::Done(Err(KvError::Timeout)));
         }
         let Some(node) = self.leader_node(leader) else { return Err(Attempt::Retry) };
-        match self.peers.call(leader, &node, Some(remaining), method, request).await {
+        // Boxed: a peer call's future is large, and every layer a leader's
+        // own write or read passes on its way up would otherwise copy it.
+        match Box::pin(self.peers.call(leader, &node, Some(remaining), method, request)).await {
             Ok(reply) => Ok(reply),
             // Not even connected: nothing was done, so another try is safe.
             Err(e) if never_sent(&e) => Err(Attempt::Retry),
@@ -420,23 +428,21 @@ impl Consensus {
 
     /// Commits a command through the Raft log and returns the state machine's result.
     pub async fn write(&self, command: Command) -> Result<CommandResult, KvError> {
-        self.with_leader(|leader, remaining| {
-            let command = command.clone();
-            async move {
-                let run_here = || self.proposer.propose(command.clone());
-                let reply = match self.on_leader(leader, remaining, Method::Forward, &command, run_here).await {
-                    Ok(reply) => reply,
-                    Err(ended) => return ended,
-                };
-                match reply {
-                    Ok(result) => Attempt::Done(Ok(result)),
-                    // Refused before anything was proposed.
-                    Err(PeerRefusal::NotLeader(_) | PeerRefusal::NoQuorum) => Attempt::Retry,
-                    Err(PeerRefusal::Stopped) if leader == self.member_id => Attempt::Done(Err(KvError::Stopped)),
-                    Err(PeerRefusal::Stopped) => Attempt::Retry,
-                    Err(PeerRefusal::Failed(m)) => Attempt::Done(Err(KvError::Internal(m))),
-                    Err(PeerRefusal::TooManyRequests) => Attempt::Done(Err(KvError::TooManyRequests)),
-                }
+        let command = &command;
+        self.with_leader(|leader, remaining| async move {
+            let run_here = || self.proposer.propose(command.clone());
+            let reply = match self.on_leader(leader, remaining, Method::Forward, command, run_here).await {
+                Ok(reply) => reply,
+                Err(ended) => return ended,
+            };
+            match reply {
+                Ok(result) => Attempt::Done(Ok(result)),
+                // Refused before anything was proposed.
+                Err(PeerRefusal::NotLeader(_) | PeerRefusal::NoQuorum) => Attempt::Retry,
+                Err(PeerRefusal::Stopped) if leader == self.member_id => Attempt::Done(Err(KvError::Stopped)),
+                Err(PeerRefusal::Stopped) => Attempt::Retry,
+                Err(PeerRefusal::Failed(m)) => Attempt::Done(Err(KvError::Internal(m))),
+                Err(PeerRefusal::TooManyRequests) => Attempt::Done(Err(KvError::TooManyRequests)),
             }
         })
         .await
@@ -449,7 +455,8 @@ impl Consensus {
                 answer_lease_query(&self.lessor, &self.leader_reads, self.election_timeout, query).await
             } else {
                 let Some(node) = self.leader_node(leader) else { return Attempt::Retry };
-                match self.peers.call(leader, &node, Some(remaining), Method::Lease, &query).await {
+                // Boxed, as in `on_leader`: the leader's own keepalives pass through here.
+                match Box::pin(self.peers.call(leader, &node, Some(remaining), Method::Lease, &query)).await {
                     Ok(answer) => answer,
                     Err(_) => return Attempt::Retry,
                 }
@@ -474,9 +481,12 @@ impl Consensus {
                 Err(_) => return Attempt::Done(Err(KvError::Timeout)),
             };
             match read_index {
+                // Usually applied already: openraft's wait would copy its
+                // whole metrics, and its future is large (boxed).
+                Ok(index) if self.applied_index() >= index => Attempt::Done(Ok(())),
                 Ok(index) => {
-                    let waited =
-                        self.raft.wait(Some(remaining)).applied_index_at_least(Some(index), "read index").await;
+                    let wait = self.raft.wait(Some(remaining));
+                    let waited = Box::pin(wait.applied_index_at_least(Some(index), "read index")).await;
                     Attempt::Done(waited.map(|_| ()).map_err(|_| KvError::Timeout))
                 }
                 Err(PeerRefusal::Stopped) if leader == self.member_id => Attempt::Done(Err(KvError::Stopped)),

@@ -90,7 +90,8 @@ impl Node {
         let identify = || self.authenticator.identify(&self.store.auth, token.as_deref(), common_name.clone());
         match identify() {
             Err(KvError::InvalidAuthToken) if matches!(self.authenticator.tokens, TokenKind::Simple) => {
-                self.consensus.read_barrier().await?;
+                // Boxed: rare, and every request's future would carry its size.
+                Box::pin(self.consensus.read_barrier()).await?;
                 identify()
             }
             identified => identified,
