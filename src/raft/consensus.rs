@@ -302,12 +302,6 @@ impl Consensus {
         self.raft.metrics().borrow().current_term
     }
 
-    /// The index of the last entry this member's state machine applied, as
-    /// openraft last reported it (0 before any).
-    fn applied_index(&self) -> u64 {
-        self.raft.metrics().borrow().last_applied.map_or(0, |applied| applied.index)
-    }
-
     /// The members of the current configuration, as the Cluster API shows them.
     pub async fn cluster(&self) -> Result<ClusterInfo, KvError> {
         self.members.view().await
@@ -481,13 +475,13 @@ impl Consensus {
                 Err(_) => return Attempt::Done(Err(KvError::Timeout)),
             };
             match read_index {
-                // Usually applied already: openraft's wait would copy its
-                // whole metrics, and its future is large (boxed).
-                Ok(index) if self.applied_index() >= index => Attempt::Done(Ok(())),
                 Ok(index) => {
-                    let wait = self.raft.wait(Some(remaining));
-                    let waited = Box::pin(wait.applied_index_at_least(Some(index), "read index")).await;
-                    Attempt::Done(waited.map(|_| ()).map_err(|_| KvError::Timeout))
+                    // Usually applied already. The data metrics, not openraft's
+                    // `wait`, which copies all of its metrics at every check.
+                    let mut data = self.raft.data_metrics();
+                    let applied = data.wait_for(|d| d.last_applied.map_or(0, |a| a.index) >= index);
+                    let applied = tokio::time::timeout(remaining, applied).await.is_ok_and(|a| a.is_ok());
+                    Attempt::Done(if applied { Ok(()) } else { Err(KvError::Timeout) })
                 }
                 Err(PeerRefusal::Stopped) if leader == self.member_id => Attempt::Done(Err(KvError::Stopped)),
                 Err(PeerRefusal::Failed(m)) => Attempt::Done(Err(KvError::Internal(m))),
