@@ -367,17 +367,26 @@ fn a_member_replaying_old_configurations_takes_a_leader_that_joined_later() {
     let mut members = three_member_cluster(dir.path());
     let (ep1, ep2) = (members[0].endpoint(), members[1].endpoint());
     let rt = runtime();
-    // More entries than two AppendEntries carry (1024 each), one per put: a
-    // member replaying this log stops between batches at a configuration
-    // without the later members. Two batches would not do: openraft reports
-    // a member's configuration a moment after its log takes it, so a joining
-    // member (which takes any sender while it knows no configuration) may
-    // still report none when the second batch arrives.
+    // Entries for seven AppendEntries (1024 each), one per put: a member
+    // replaying this log stops between batches at a configuration without
+    // the later members. openraft may answer a batch before it reports the
+    // configuration that batch brought, so a joining member (which takes any
+    // sender while it reports none) can take the next batch unchecked too: in
+    // about one run in 25 it took both batches after the first of a
+    // three-batch log. Six later batches make that vanishingly rare.
+    const PUTS: usize = 6200;
+    const WRITERS: usize = 8;
     rt.block_on(async {
-        let mut c = common::client(&[ep1.clone()]).await;
-        for i in 0..2500 {
-            c.put(format!("k{i}"), "v", None).await.unwrap();
-        }
+        let c = common::client(&[ep1.clone()]).await;
+        let writers = (0..WRITERS).map(|w| {
+            let mut c = c.clone();
+            async move {
+                for i in (w..PUTS).step_by(WRITERS) {
+                    c.put(format!("k{i}"), "v", None).await.unwrap();
+                }
+            }
+        });
+        futures::future::join_all(writers).await;
     });
     // m3 replaced by m4, which then leads.
     let m3 = id_of(&member_list(&ep1), "m3");
@@ -401,7 +410,8 @@ fn a_member_replaying_old_configurations_takes_a_leader_that_joined_later() {
     let p5 = free_port();
     let added = member_add(&format!("{ep2},{}", m4.endpoint()), "m5", &format!("http://127.0.0.1:{p5}"), false);
     let m5 = joining_member(dir.path(), "m5", &added, p5);
-    let got = etcdctl_ok(&m5.endpoint(), &["get", "k2499", "--print-value-only", "--consistency=s"]);
+    let last = format!("k{}", PUTS - 1);
+    let got = etcdctl_ok(&m5.endpoint(), &["get", &last, "--print-value-only", "--consistency=s"]);
     assert_eq!(got.trim(), "v", "m5 caught up");
     assert!(m5.log_text().contains("which a known member vouched for"), "{}", m5.log_text());
     drop(m2_member);
