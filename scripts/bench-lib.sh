@@ -2,7 +2,8 @@
 # $bench_examples, gives a scratch dir $work (removed on exit) and starts fresh
 # clusters of etcd or cairn on loopback ports, one after the other. With
 # client_scheme=https, members get the flags in $tls_flags and health checks
-# the curl options in $curl_tls.
+# the curl options in $curl_tls. With BENCH_LOGS=DIR, each member's output and
+# RocksDB's event logs (LOG files) are copied to DIR when the script ends.
 . scripts/cargo-env.sh
 scripts/setup-debian.sh
 # shellcheck disable=SC2086 # one --example per name
@@ -13,7 +14,14 @@ pids=()
 client_scheme=${client_scheme:-http}
 [ -n "${tls_flags+x}" ] || tls_flags=()
 [ -n "${curl_tls+x}" ] || curl_tls=()
-trap 'stop_all; rm -rf "$work"' EXIT
+trap 'stop_all; keep_logs; rm -rf "$work"' EXIT
+
+keep_logs() {
+  [ -n "${BENCH_LOGS:-}" ] || return 0
+  mkdir -p "$BENCH_LOGS"
+  (cd "$work" && find . -type f \( -regex '\./[^/]*\.log' -o -name LOG \) -exec cp --parents {} "$BENCH_LOGS" \;)
+  echo "members' logs kept in $BENCH_LOGS" >&2
+}
 
 stop_all() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
 
